@@ -1,0 +1,42 @@
+# One-command setup: `make run` and `make test` install on first use.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench test-tools clean demo-weights
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so no multi-GB CUDA build is pulled by a looser requirement
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/diff3m serve $(if $(CONFIG),--config $(CONFIG),)
+
+# The peers the suite talks to (dcmtk, dicom3tools, Orthanc, redis-server, chromium, node).
+test-tools:
+	bash deploy/scripts/ensure-test-tools.sh
+
+test: install test-tools
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check diff3m tests bench
+	$(BIN)/mypy
+
+bench: install test-tools
+	$(BIN)/diff3m bench all
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

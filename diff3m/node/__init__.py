@@ -1,0 +1,1 @@
+"""diff3m.node package."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: real PostgreSQL, Redis, Orthanc, storescp; a fresh SQLite database per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+os.environ.setdefault("DIFF3M_TESTING", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server (local or throwaway)."""
+    with services.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url = services.create_database(postgres_server_url)
+    try:
+        yield url
+    finally:
+        from diff3m.db.session import dispose_all
+
+        dispose_all()
+        services.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server (local or throwaway)."""
+    with services.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database."""
+    from diff3m.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'diff3m.sqlite'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def orthanc() -> Iterator[services.Orthanc]:
+    """A throwaway Orthanc PACS."""
+    with services.orthanc_server() as o:
+        yield o
+
+
+@pytest.fixture
+def storescp() -> Iterator[services.StoreScp]:
+    """A throwaway dcmtk storescp."""
+    with services.storescp_server() as s:
+        yield s
