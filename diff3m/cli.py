@@ -50,10 +50,12 @@ def db_upgrade(config: ConfigOption = None, revision: str = "head") -> None:
 # Each area adds its commands through ``register(app)`` in its own module.
 COMMAND_MODULES = (
     "diff3m.models.commands",
+    "diff3m.models.data.commands",
     "diff3m.node.commands",
     "diff3m.fhir.commands",
     "diff3m.pipeline.commands",
     "diff3m.web.commands",
+    "diff3m.bench.commands",
 )
 
 for _name in COMMAND_MODULES:
