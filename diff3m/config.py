@@ -1,4 +1,4 @@
-"""Typed settings for the node: a TOML file (``--config``) overridden by ``DIFF3M_<SECTION>__<KEY>`` env vars."""
+"""Typed settings: a TOML file (``--config``) overridden by ``DIFF3M_<SECTION>__<KEY>`` env vars."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -104,7 +105,9 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     modality: Mapped[str | None] = mapped_column(String(16))
     calling_aet: Mapped[str | None] = mapped_column(String(16))
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.RECEIVING, index=True)
+    status: Mapped[StudyStatus] = mapped_column(
+        _enum(StudyStatus), default=StudyStatus.RECEIVING, index=True
+    )
     revision: Mapped[int] = mapped_column(Integer, default=0, doc="bumped by a late instance; outputs follow")
     priority: Mapped[Priority] = mapped_column(_enum(Priority), default=Priority.ROUTINE, index=True)
     score: Mapped[float | None] = mapped_column(Float)
@@ -112,6 +115,8 @@ class Study(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, doc="pipeline attempts at this revision")
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="stage -> seconds")
+    claimed_by: Mapped[str | None] = mapped_column(String(128), doc="worker holding the current stage")
+    claimed_at: Mapped[datetime | None] = mapped_column()
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -175,7 +180,10 @@ class InferenceResult(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     ehr_used: Mapped[bool] = mapped_column(Boolean)
     map_path: Mapped[str | None] = mapped_column(String(512), doc="anomaly map (.npy), relative to storage")
-    roi: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="most anomalous region, source pixels")
+    map_data: Mapped[bytes | None] = mapped_column(
+        LargeBinary, deferred=True, doc="anomaly map at model resolution, float16 .npy bytes"
+    )
+    roi: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="most anomalous box, source pixels")
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, doc="steps, noise level, device, ...")
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -193,6 +201,9 @@ class OutputObject(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(String(512), doc="relative to node.storage_dir")
+    data: Mapped[bytes | None] = mapped_column(
+        LargeBinary, deferred=True, doc="the object itself, so any worker can deliver it"
+    )
     superseded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

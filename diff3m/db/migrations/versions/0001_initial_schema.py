@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 03:21:57.415663
+Create Date: 2026-11-27 03:28:52.832390
 """
 
 from alembic import op
@@ -34,6 +34,8 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('timings', sa.JSON(), nullable=False),
+    sa.Column('claimed_by', sa.String(length=128), nullable=True),
+    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_instance_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
@@ -127,6 +129,7 @@ def upgrade() -> None:
     sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
     sa.Column('series_uid', sa.String(length=64), nullable=False),
     sa.Column('path', sa.String(length=512), nullable=False),
+    sa.Column('data', sa.LargeBinary(), nullable=True),
     sa.Column('superseded', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['study_id'], ['studies.id'], name=op.f('fk_output_objects_study_id_studies')),
@@ -148,6 +151,7 @@ def upgrade() -> None:
     sa.Column('model_version', sa.String(length=64), nullable=False),
     sa.Column('ehr_used', sa.Boolean(), nullable=False),
     sa.Column('map_path', sa.String(length=512), nullable=True),
+    sa.Column('map_data', sa.LargeBinary(), nullable=True),
     sa.Column('roi', sa.JSON(), nullable=False),
     sa.Column('params', sa.JSON(), nullable=False),
     sa.Column('seconds', sa.Float(), nullable=False),

@@ -1,0 +1,30 @@
+"""One loaded model per worker process (loading is slow; scoring reuses it)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from diff3m.config import Settings
+
+if TYPE_CHECKING:
+    from diff3m.models.inference import Diff3MScorer
+
+_LOCK = threading.Lock()
+_CACHE: dict[tuple[str, str], Diff3MScorer] = {}
+
+
+def scorer_for(settings: Settings) -> Diff3MScorer:
+    """The process's scorer for the configured checkpoint and device, loaded on first use."""
+    from diff3m.models.inference import Diff3MScorer
+
+    key = (settings.model.checkpoint, settings.model.device)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Diff3MScorer.load(settings.model.checkpoint, device=settings.model.device)
+        return _CACHE[key]
+
+
+def loaded() -> bool:
+    """True once this process has a model in memory."""
+    return bool(_CACHE)

@@ -1,0 +1,42 @@
+"""Run a Celery worker in this process: the model loads once, the pool runs stages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery import signals
+
+from diff3m.config import Settings
+from diff3m.pipeline.celery_app import DEFAULT_QUEUE, GPU_QUEUE, configure
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int = 2,
+               on_shutdown: Callable[[], None] | None = None, preload_model: bool = True) -> None:
+    """Consume ``queues`` until SIGTERM/SIGINT; in-flight tasks finish first (warm shutdown)."""
+    app = configure(settings)
+    if preload_model and (queues is None or GPU_QUEUE in queues):
+        from diff3m.pipeline.model_cache import scorer_for
+
+        scorer = scorer_for(settings)
+        log.info("model loaded: %s %s (%s)", scorer.name, scorer.version, scorer.profile_name)
+
+    if on_shutdown is not None:
+        def _stop(**_: object) -> None:
+            on_shutdown()
+
+        signals.worker_shutting_down.connect(_stop, weak=False)
+
+    worker = app.Worker(
+        queues=queues or [DEFAULT_QUEUE, GPU_QUEUE],
+        pool="threads",
+        concurrency=concurrency,
+        loglevel="INFO",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+    )
+    worker.start()
