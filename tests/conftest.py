@@ -22,8 +22,11 @@ def postgres_server_url() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    from diff3m.db.migrate import upgrade
+
     url = services.create_database(postgres_server_url)
+    upgrade(url)
     try:
         yield url
     finally:
