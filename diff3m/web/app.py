@@ -1,0 +1,55 @@
+"""The web application: worklist pages, JSON API, health, metrics and (when present) DICOMweb."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from diff3m import __version__
+from diff3m.config import Settings
+from diff3m.web import api, health, metrics, pages
+from diff3m.web.auth import check_bind, login_router, make_middleware
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _mount_dicomweb(app: FastAPI) -> bool:
+    try:
+        from diff3m.node.dicomweb import router as dicomweb_router
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("diff3m.node.dicomweb"):
+            return False
+        raise
+    app.include_router(dicomweb_router)
+    return True
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI app for ``settings``; ConfigError when bound off loopback without a token."""
+    check_bind(settings)
+    app = FastAPI(
+        title="Diff3M node",
+        version=__version__,
+        description="Worklist and JSON API of the Diff3M chest X-ray anomaly node. "
+        "Scores are AI results, not diagnoses.",
+    )
+    app.state.settings = settings
+    app.state.templates = pages.make_templates()
+    registry, http_metrics = metrics.make_registry(settings)
+    app.state.metrics_registry = registry
+    # Starlette runs the last-added middleware first: metrics see every request, auth included.
+    app.middleware("http")(make_middleware(settings))
+    app.middleware("http")(http_metrics.middleware())
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(login_router(settings))
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.state.dicomweb = _mount_dicomweb(app)
+    return app
