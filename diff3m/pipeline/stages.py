@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
@@ -28,6 +29,7 @@ from diff3m.db.models import (
     StudyStatus,
 )
 from diff3m.db.session import session_scope
+from diff3m.node import storage
 from diff3m.pipeline import state
 from diff3m.pipeline.routing import RouteFacts, plan_routes
 from diff3m.pipeline.sources import read_dataset
@@ -115,7 +117,7 @@ def _plan_originals(s: Session, settings: Settings, study: Study, inst: Instance
     routes = plan_routes(settings.routing, facts, with_result=False)
     ids = [i.id for i in study.instances]
     return [
-        _enqueue(s, settings, study, DeliveryKind.DICOM, r.to, {"instances": ids},
+        _enqueue(s, settings, study, DeliveryKind.DICOM, r.to, {"instance_ids": ids},
                  f"{study.study_uid}:{study.revision}:originals:{r.to}")
         for r in routes if r.send == "originals"
     ]
@@ -271,7 +273,8 @@ def build_outputs(settings: Settings, study_id: int, revision: int) -> Next | No
         ehr = _ehr_record(snap)
         sr = build_sr(sources, result, ehr, revision)
         sc = build_heatmap_sc(source, result, revision)
-        outputs = [_save_output(s, study, revision, "sr", sr), _save_output(s, study, revision, "sc", sc)]
+        outputs = [_save_output(s, settings, study, revision, "sr", sr),
+                   _save_output(s, settings, study, revision, "sc", sc)]
         for old in s.scalars(select(OutputObject).where(OutputObject.study_id == study_id,
                                                         OutputObject.revision < revision)).all():
             old.superseded = True
@@ -292,17 +295,20 @@ def _score_result(row: InferenceResult, rows: int, columns: int) -> ScoreResult:
                        ehr_used=row.ehr_used, seconds=row.seconds, params=params)
 
 
-def _save_output(s: Session, study: Study, revision: int, kind: str, ds: object) -> OutputObject:
+def _save_output(s: Session, settings: Settings, study: Study, revision: int, kind: str,
+                 ds: object) -> OutputObject:
     from pydicom import Dataset
 
     assert isinstance(ds, Dataset)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    uid = str(ds.SOPInstanceUID)
+    uid, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+    relpath = storage.instance_relpath(study.study_uid, series, uid)
+    storage.write_durable(Path(settings.node.storage_dir), relpath, buf.getvalue())
     obj = s.scalar(select(OutputObject).where(OutputObject.sop_instance_uid == uid))
     if obj is None:
         obj = OutputObject(study_id=study.id, revision=revision, kind=kind, sop_instance_uid=uid,
-                           series_uid=str(ds.SeriesInstanceUID), path="")
+                           series_uid=series, path=relpath)
         s.add(obj)
     obj.data = buf.getvalue()
     s.flush()
@@ -317,8 +323,8 @@ def _plan_result_deliveries(s: Session, settings: Settings, study: Study, evalua
         facts = _route_facts(settings, study, evaluated, abnormal=study.abnormal, score=study.score,
                              priority=str(study.priority))
         for r in plan_routes(settings.routing, facts, with_result=True):
-            payload = ({"outputs": [o.id for o in outputs]} if r.send == "results"
-                       else {"instances": [i.id for i in study.instances]})
+            payload = ({"output_ids": [o.id for o in outputs]} if r.send == "results"
+                       else {"instance_ids": [i.id for i in study.instances]})
             ids.append(_enqueue(s, settings, study, DeliveryKind.DICOM, r.to, payload,
                                 f"{key}:{r.send}:{r.to}"))
     if settings.fhir.base_url and settings.fhir.write_observations:
