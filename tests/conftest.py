@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
+from tests.fhir_server import FhirDevServer, fhir_dev_server
 
 os.environ.setdefault("DIFF3M_TESTING", "1")
 
@@ -58,6 +59,13 @@ def orthanc() -> Iterator[services.Orthanc]:
     """A throwaway Orthanc PACS."""
     with services.orthanc_server() as o:
         yield o
+
+
+@pytest.fixture
+def fhir_server() -> Iterator[FhirDevServer]:
+    """A throwaway dev FHIR server (real FHIR R4 engine) seeded with the demo patients."""
+    with fhir_dev_server() as server:
+        yield server
 
 
 @pytest.fixture
