@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from diff3m.config import Settings
 from diff3m.db.models import Priority, StudyStatus
 from diff3m.db.session import session_scope
+from diff3m.node.storage import resolve
 from diff3m.web import images, queries
 from diff3m.web.schemas import ActionResult, StudyDetail, StudyList
 
@@ -103,8 +104,8 @@ def retry(request: Request, delivery_id: int) -> ActionResult:
                             detail="pending; the outbox sends it on its next pass")
 
 
-def _png(request: Request, study_uid: str, heatmap: bool | None, max_px: int) -> Response:
-    """Render one study image; ``heatmap=None`` means the overlay when there is a result, else plain."""
+def _png(request: Request, study_uid: str, kind: str, max_px: int) -> Response:
+    """Render one study image: "original", "heatmap" or "thumbnail" (overlay, else the plain image)."""
     settings = settings_of(request)
     storage = settings.node.storage_dir
     with session_scope(settings.database.url) as s:
@@ -112,32 +113,24 @@ def _png(request: Request, study_uid: str, heatmap: bool | None, max_px: int) ->
             study = queries.get_study(s, study_uid)
         except queries.NotFound as err:
             raise HTTPException(404, str(err)) from None
-        result = queries.latest_result(s, study)
-        inst = queries.evaluated_instance(s, study, result)
+        row = queries.latest_result(s, study)
+        inst = queries.evaluated_instance(s, study, row)
         if inst is None:
             raise HTTPException(404, "the study has no stored image")
-        want_overlay = (result is not None) if heatmap is None else heatmap
-        if want_overlay and result is None:
+        if kind == "heatmap" and row is None:
             raise HTTPException(404, "the study has no result yet")
         try:
-            path = images.resolve(storage, inst.path)
-            amap = roi = None
-            if want_overlay and result is not None:
-                amap = images.load_map(result.map_data) if result.map_data else \
-                    images.load_map_file(storage, result.map_path)
-                r = result.roi or {}
-                if {"x", "y", "width", "height"} <= set(r):
-                    roi = (int(r["x"]), int(r["y"]), int(r["width"]), int(r["height"]))
+            path = resolve(storage, inst.path)
+            result = images.stored_result(row, storage) if row is not None and kind != "original" else None
         except (ValueError, images.ImageUnavailable) as err:
             raise HTTPException(404, str(err)) from None
-        key = (study.id, inst.id, result.id if result else None,
-               str(result.created_at) if result else None, want_overlay, max_px)
+        key = (kind, max_px, study.id, inst.id, row.id if row else None, str(row.created_at) if row else None)
     etag = '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:24] + '"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    src = images.Source(path=path, anomaly_map=amap, roi=roi)
+    src = images.Source(path=path, result=result)
     try:
-        png = _PNG_CACHE.get(key, lambda: images.render_png(src, want_overlay, max_px))
+        png = _PNG_CACHE.get(key, lambda: images.render_png(src, kind, max_px))
     except images.ImageUnavailable as err:
         raise HTTPException(404, str(err)) from None
     return Response(png, media_type="image/png",
@@ -153,16 +146,16 @@ PNG: dict[int | str, dict[str, Any]] = {
 @router.get("/studies/{study_uid}/heatmap.png", response_class=Response, responses=PNG)
 def heatmap_png(request: Request, study_uid: str) -> Response:
     """The evaluated image with the anomaly map overlaid and the most anomalous region boxed."""
-    return _png(request, study_uid, True, images.VIEW_PX)
+    return _png(request, study_uid, "heatmap", images.VIEW_PX)
 
 
 @router.get("/studies/{study_uid}/original.png", response_class=Response, responses=PNG)
 def original_png(request: Request, study_uid: str) -> Response:
     """The evaluated (or first frontal) image as stored, windowed for display."""
-    return _png(request, study_uid, False, images.VIEW_PX)
+    return _png(request, study_uid, "original", images.VIEW_PX)
 
 
 @router.get("/studies/{study_uid}/thumbnail.png", response_class=Response, responses=PNG)
 def thumbnail_png(request: Request, study_uid: str) -> Response:
     """A small heatmap (or, before a result exists, the plain image) for the worklist."""
-    return _png(request, study_uid, None, images.THUMB_PX)
+    return _png(request, study_uid, "thumbnail", images.THUMB_PX)

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from pydicom.dataset import Dataset
 
+from diff3m.db.models import InferenceResult
 from diff3m.node.storage import resolve
+from diff3m.records import Roi, ScoreResult
 
 THUMB_PX = 256
 VIEW_PX = 1024
@@ -24,11 +27,34 @@ class ImageUnavailable(LookupError):
 
 @dataclass(frozen=True)
 class Source:
-    """What to draw: the stored instance file and, when evaluated, the anomaly map and ROI."""
+    """What to draw: the stored instance file and, when evaluated, the result with its anomaly map."""
 
     path: Path
-    anomaly_map: np.ndarray | None = None  # float, any resolution, >= 0
-    roi: tuple[int, int, int, int] | None = None  # x, y, width, height in source pixels
+    result: StoredResult | None = None
+
+    def score_result(self, rows: int, columns: int) -> ScoreResult:
+        """The stored result as the renderer's ScoreResult, its map at the source's size."""
+        assert self.result is not None
+        r = self.result
+        amap = source_map(r.anomaly_map, rows, columns) if r.anomaly_map is not None \
+            else np.zeros((rows, columns), np.float32)
+        return ScoreResult(score=r.score, abnormal=r.abnormal, threshold=r.threshold, anomaly_map=amap,
+                           scores={}, roi=r.roi, model_name=r.model_name, model_version=r.model_version,
+                           ehr_used=r.ehr_used, seconds=0.0)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """The parts of an ``InferenceResult`` row the images need (read inside the session)."""
+
+    score: float
+    abnormal: bool
+    threshold: float
+    model_name: str
+    model_version: str
+    ehr_used: bool
+    anomaly_map: np.ndarray | None
+    roi: Roi | None
 
 
 def load_map(data: bytes | None) -> np.ndarray | None:
@@ -39,6 +65,8 @@ def load_map(data: bytes | None) -> np.ndarray | None:
         m = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as err:
         raise ImageUnavailable(f"stored anomaly map is unreadable: {err}") from None
+    if m.ndim != 2 or 0 in m.shape:
+        raise ImageUnavailable(f"stored anomaly map has shape {m.shape}, expected rows x columns")
     return np.nan_to_num(np.asarray(m, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -52,85 +80,91 @@ def load_map_file(storage_dir: Path, relpath: str | None) -> np.ndarray | None:
     return load_map(path.read_bytes())
 
 
-def grayscale(path: Path, max_px: int = VIEW_PX) -> Image.Image:
-    """The radiograph as 8-bit grayscale for display (modality + VOI LUT, MONOCHROME1 inverted)."""
+def stored_result(row: InferenceResult, storage_dir: Path) -> StoredResult:
+    """Read what the images need from an ``InferenceResult`` row (map from map_data or map_path)."""
+    amap = load_map(row.map_data) if row.map_data else load_map_file(storage_dir, row.map_path)
+    r = row.roi or {}
+    roi = None
+    if {"x", "y", "width", "height"} <= set(r):
+        roi = Roi(int(r["x"]), int(r["y"]), int(r["width"]), int(r["height"]))
+    return StoredResult(score=row.score, abnormal=row.abnormal, threshold=row.threshold,
+                        model_name=row.model_name, model_version=row.model_version, ehr_used=row.ehr_used,
+                        anomaly_map=amap, roi=roi)
+
+
+def _dataset(path: Path) -> Dataset:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "cannot show it"
-        raise ImageUnavailable(f"cannot decode the stored image: {type(err).__name__}") from None
-    if arr.ndim == 3 and arr.shape[-1] == 3:  # colour secondary capture: show as is
-        img = Image.fromarray(arr.astype(np.uint8)).convert("L")
-    else:
-        if arr.ndim == 3:
-            arr = arr[0]
-        data = apply_modality_lut(arr, ds)
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            try:
-                data = apply_voi_lut(data, ds)
-            except Exception:  # noqa: BLE001 - a broken window falls back to percentiles
-                pass
-        data = np.asarray(data, dtype=np.float32)
-        lo, hi = np.percentile(data, (0.5, 99.5))
-        if hi <= lo:
-            hi = lo + 1.0
-        norm = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
-        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            norm = 1.0 - norm
-        img = Image.fromarray((norm * 255).astype(np.uint8), mode="L")
+        return pydicom.dcmread(path)
+    except Exception as err:  # noqa: BLE001 - an unreadable file means "cannot show it"
+        raise ImageUnavailable(f"cannot read the stored image: {type(err).__name__}") from None
+
+
+def _gray(ds: Dataset) -> np.ndarray:
+    from diff3m.pipeline.outputs.render import display_gray
+
+    try:
+        return display_gray(ds)
+    except ValueError as err:  # SourceError: no or undecodable pixels
+        raise ImageUnavailable(str(err)) from None
+
+
+def _fit(img: Image.Image, max_px: int) -> Image.Image:
     img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
     return img
 
 
-def _colormap() -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-
-
-def overlay(base: Image.Image, amap: np.ndarray, source_shape: tuple[int, int],
-            roi: tuple[int, int, int, int] | None) -> Image.Image:
-    """``base`` with the anomaly map as a colour overlay (alpha rises with the map) and the ROI box."""
-    w, h = base.size
-    m = np.asarray(amap, dtype=np.float32)
-    m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    top = float(np.percentile(m, 99.9)) if m.size else 0.0
-    norm = np.clip(m / top, 0.0, 1.0) if top > 0 else np.zeros_like(m)
-    rgb = _colormap()[(norm * 255).astype(np.uint8)]
-    alpha = np.where(norm > 0.25, 0.15 + 0.55 * norm, 0.0)[..., None]
-    gray = np.asarray(base.convert("RGB"), dtype=np.float32)
-    out = Image.fromarray((gray * (1 - alpha) + rgb * alpha).astype(np.uint8), mode="RGB")
-    if roi is not None:
-        rows, cols = source_shape
-        sx, sy = w / max(cols, 1), h / max(rows, 1)
-        x, y, rw, rh = roi
-        ImageDraw.Draw(out).rectangle(
-            [x * sx, y * sy, (x + rw) * sx, (y + rh) * sy], outline=(255, 255, 255), width=max(1, w // 256)
-        )
-    return out
+def source_map(amap: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """The stored (possibly smaller) anomaly map resized, nearest neighbour, to the source's size."""
+    ri = np.minimum((np.arange(rows) * amap.shape[0] / rows).astype(int), amap.shape[0] - 1)
+    ci = np.minimum((np.arange(columns) * amap.shape[1] / columns).astype(int), amap.shape[1] - 1)
+    return np.asarray(amap[ri][:, ci], dtype=np.float32)
 
 
-def _source_shape(path: Path) -> tuple[int, int]:
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return int(ds.Rows), int(ds.Columns)
+def plain(ds: Dataset, max_px: int) -> Image.Image:
+    """The radiograph windowed to 8-bit grayscale (MONOCHROME1 inverted), fitted into ``max_px``."""
+    return _fit(Image.fromarray(np.round(_gray(ds) * 255).astype(np.uint8), mode="L"), max_px)
 
 
-def render_png(src: Source, heatmap: bool, max_px: int) -> bytes:
-    """The source (``heatmap=False``) or the overlay, fitted into ``max_px``, as PNG bytes."""
+def captioned_overlay(ds: Dataset, result: ScoreResult, max_px: int) -> Image.Image:
+    """The overlay exactly as the heatmap secondary capture shows it (caption and ROI burned in)."""
+    from diff3m.pipeline.outputs.render import render_overlay
+
+    try:
+        return Image.fromarray(render_overlay(ds, result, max_side=max_px).rgb, mode="RGB")
+    except ValueError as err:
+        raise ImageUnavailable(str(err)) from None
+
+
+def thumbnail_overlay(ds: Dataset, result: ScoreResult, max_px: int) -> Image.Image:
+    """A small overlay without burned text (unreadable at worklist size), same colours as the SC."""
+    from diff3m.pipeline.outputs import render
+
+    gray = _gray(ds)
+    norm = render.normalised_map(result.anomaly_map, gray.shape)
+    size = _fit(Image.new("L", (gray.shape[1], gray.shape[0])), max_px).size
+    gray = np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BOX))
+    norm = np.asarray(Image.fromarray(norm, mode="F").resize(size, Image.Resampling.BOX))
+    alpha = render.ALPHA_MAX * np.clip((norm - render.ALPHA_FLOOR) / (1.0 - render.ALPHA_FLOOR), 0.0, 1.0)
+    colour = render._lut()[np.round(np.clip(norm, 0, 1) * 255).astype(np.intp)]
+    rgb = gray[..., None] * (1.0 - alpha[..., None]) + colour * alpha[..., None]
+    return Image.fromarray(np.round(rgb * 255).clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def render_png(src: Source, kind: str, max_px: int) -> bytes:
+    """PNG bytes of ``kind``: "original", "heatmap" (captioned overlay) or "thumbnail" (small overlay)."""
     if not src.path.is_file():
         raise ImageUnavailable("the stored image file is missing")
-    base = grayscale(src.path, max_px)
-    if heatmap:
-        if src.anomaly_map is None:
+    ds = _dataset(src.path)
+    if kind == "original" or src.result is None:
+        if kind == "heatmap":
             raise ImageUnavailable("the study has no anomaly map yet")
-        img = overlay(base, src.anomaly_map, _source_shape(src.path), src.roi)
+        img = plain(ds, max_px)
     else:
-        img = base
+        result = src.score_result(int(ds.Rows), int(ds.Columns))
+        draw = captioned_overlay if kind == "heatmap" else thumbnail_overlay
+        img = draw(ds, result, max_px)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
