@@ -2,13 +2,14 @@
 
 from diff3m.pipeline.outputs.heatmap import build_heatmap_sc
 from diff3m.pipeline.outputs.reference import SourceError
-from diff3m.pipeline.outputs.render import RenderedPngs, render_overlay, render_pngs
+from diff3m.pipeline.outputs.render import Overlay, RenderedPngs, render_overlay, render_pngs
 from diff3m.pipeline.outputs.sr import build_sr
 from diff3m.pipeline.outputs.uids import OutputRef, OutputUids, output_uids, series_uid
 
 __all__ = [
     "OutputRef",
     "OutputUids",
+    "Overlay",
     "RenderedPngs",
     "SourceError",
     "build_heatmap_sc",

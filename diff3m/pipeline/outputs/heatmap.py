@@ -11,7 +11,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 
 from diff3m.pipeline.outputs.reference import clean_reference, clean_value, output_charset, source_uid
-from diff3m.pipeline.outputs.render import MAX_SIDE, caption, render_overlay
+from diff3m.pipeline.outputs.render import MAX_SIDE, Overlay, caption, render_overlay
 from diff3m.pipeline.outputs.uids import SERIES_NUMBER, output_uids
 from diff3m.records import ScoreResult
 
@@ -63,10 +63,15 @@ def _instance_number(source: Dataset) -> int:
 
 
 def build_heatmap_sc(source: Dataset, result: ScoreResult, revision: int,
-                     max_side: int = MAX_SIDE) -> SCImage:
-    """The heatmap SC for one source image and its result (deterministic UIDs, new series)."""
+                     max_side: int = MAX_SIDE, overlay: Overlay | None = None) -> SCImage:
+    """The heatmap SC for one source image and its result (deterministic UIDs, new series).
+
+    ``overlay`` may pass an overlay already rendered from the same source and result (to share
+    one rendering with the web PNGs: ``overlay.pngs()``); by default it is rendered here.
+    """
     ref = clean_reference(source)
-    overlay = render_overlay(source, result, max_side=max_side)
+    if overlay is None:
+        overlay = render_overlay(source, result, max_side=max_side)
     study_uid = source_uid(source, "StudyInstanceUID")
     uids = output_uids("sc", study_uid, [source_uid(source, "SOPInstanceUID")],
                        result.model_name, result.model_version, revision)

@@ -21,6 +21,7 @@ from diff3m.pipeline.outputs.reference import SourceError
 from diff3m.records import ScoreResult
 
 MAX_SIDE = 2048  # long side of the rendered overlay (large detectors are downsampled)
+WEB_MAX_SIDE = 1024  # long side of the web UI's overlay PNG
 THUMBNAIL_SIDE = 256
 DISCLAIMER = "AI result, not a diagnosis"
 COLORMAP = "jet"
@@ -46,6 +47,14 @@ class Overlay:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
         return _png(img)
 
+    def pngs(self, max_side: int = WEB_MAX_SIDE) -> RenderedPngs:
+        """The web UI's PNGs from this overlay (downsized to ``max_side``), without re-rendering."""
+        img = Image.fromarray(self.rgb, mode="RGB")
+        if max(img.size) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        small = Overlay(np.asarray(img, dtype=np.uint8), self.scale * img.size[0] / self.rgb.shape[1])
+        return RenderedPngs(small.png(), small.thumbnail_png(), width=img.size[0], height=img.size[1])
+
 
 @dataclass(frozen=True)
 class RenderedPngs:
@@ -59,7 +68,7 @@ class RenderedPngs:
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
+    img.save(buf, format="PNG", compress_level=1)  # noisy radiographs barely compress; favour speed
     return buf.getvalue()
 
 
@@ -189,8 +198,6 @@ def render_overlay(source: Dataset, result: ScoreResult, max_side: int = MAX_SID
     return Overlay(np.asarray(img, dtype=np.uint8).copy(), scale)
 
 
-def render_pngs(source: Dataset, result: ScoreResult, max_side: int = MAX_SIDE) -> RenderedPngs:
+def render_pngs(source: Dataset, result: ScoreResult, max_side: int = WEB_MAX_SIDE) -> RenderedPngs:
     """The overlay as PNG plus a thumbnail, for the web UI."""
-    overlay = render_overlay(source, result, max_side=max_side)
-    h, w = overlay.rgb.shape[:2]
-    return RenderedPngs(overlay.png(), overlay.thumbnail_png(), width=w, height=h)
+    return render_overlay(source, result, max_side=max_side).pngs(max_side)

@@ -174,6 +174,9 @@ def build_sr(sources: list[Dataset], result: ScoreResult, ehr: EhrRecord, revisi
         _image_group(refs, result, ehr, derived_uid("tracking", "image", *key))
     ]
     rows, columns = int(sources[0].get("Rows") or 0), int(sources[0].get("Columns") or 0)
+    if np.shape(result.anomaly_map) != (rows, columns):
+        raise ValueError(f"anomaly map shape {np.shape(result.anomaly_map)} does not match the scored "
+                         f"image sources[0] ({rows}, {columns})")
     roi = clip_roi(result.roi, rows, columns) if result.roi is not None else None
     if roi is not None:
         groups.append(_roi_group(refs[0], result, roi, derived_uid("tracking", "roi", *key)))

@@ -30,3 +30,16 @@ def test_max_side_downsamples_and_roi_box_follows() -> None:
     assert res.roi is not None
     x, y = round(res.roi.x * 0.5), round((res.roi.y + res.roi.height // 2) * 0.5)
     assert (small.rgb[y, x] >= 250).all()  # white ROI edge at the scaled position
+
+
+def test_one_rendering_serves_the_sc_and_the_web() -> None:
+    from diff3m.pipeline.outputs import build_heatmap_sc
+
+    src = make_source(SourceSpec(rows=400, columns=300))
+    res = make_result(400, 300)
+    overlay = render_overlay(src, res)
+    sc = build_heatmap_sc(src, res, 1, overlay=overlay)
+    np.testing.assert_array_equal(sc.pixel_array, overlay.rgb)
+    pngs = overlay.pngs(max_side=200)
+    assert (pngs.width, pngs.height) == (150, 200)
+    assert Image.open(io.BytesIO(pngs.overlay)).size == (150, 200)

@@ -125,6 +125,7 @@ def test_roi_outside_the_image_is_clipped(tmp_path: Path) -> None:
     np.testing.assert_allclose(roi.roi.value.max(axis=0), [80, 96])
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_bad_inputs_give_clear_errors() -> None:
     src = make_source()
     with pytest.raises(SourceError, match="at least one source"):
@@ -136,6 +137,8 @@ def test_bad_inputs_give_clear_errors() -> None:
     broken.SOPInstanceUID = "not a uid"
     with pytest.raises(SourceError, match="SOPInstanceUID"):
         build_sr([broken], make_result(96, 80), make_ehr(), 1)
+    with pytest.raises(ValueError, match="does not match the scored image"):
+        build_sr([src], make_result(80, 96), make_ehr(), 1)
     nan = make_result(96, 80)
     nan.score = float("nan")
     with pytest.raises(ValueError, match="score"):
