@@ -58,7 +58,7 @@ def make_case_file(case: Case, folder: Path, **kwargs: object) -> tuple[Path, np
     else:
         uid = JPEG2000Lossless if case.uid == ts.JPEG_2000_LOSSLESS else JPEG2000
         kw = {} if case.uid == ts.JPEG_2000_LOSSLESS else {"j2k_cr": [20]}
-        ds.compress(uid, **kw)
+        ds.compress(uid, generate_instance_uid=False, **kw)
         if case.uid == ts.JPEG_2000:
             ds.LossyImageCompression = "01"
         ds.save_as(out, enforce_file_format=True)
