@@ -1,4 +1,4 @@
-"""The dev FHIR server (deploy/fhir-dev-server, a real FHIR R4 engine) for tests: started on a free port, seeded."""
+"""The dev FHIR server (deploy/fhir-dev-server, a real FHIR R4 engine) for tests, on a free port, seeded."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ class FhirDevServer:
 
 @contextmanager
 def fhir_dev_server(seed: bool = True, require_auth: bool = False, static_tokens: Sequence[str] = (),
-                    jwks: Path | None = None, token_ttl: int = 300, page_size: int = 20) -> Iterator[FhirDevServer]:
+                    jwks: Path | None = None, token_ttl: int = 300,
+                    page_size: int = 20) -> Iterator[FhirDevServer]:
     """Start the dev FHIR server on a free port (seeded with the demo Bundle unless ``seed`` is False)."""
     node = require_tool("node")
     if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():

@@ -10,6 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from diff3m.config import Settings, load_settings
+from diff3m.fhir.client import FhirClient
 from diff3m.fhir.ehr import StudyContext, fetch_ehr, registry_for
 from diff3m.fhir.patient import identifier_query
 from diff3m.models.fields import DEFAULT_REGISTRY
@@ -60,7 +61,8 @@ def test_us_units_kpa_tie_average_and_missing_field(server: FhirDevServer) -> No
     assert rec.values["diastolic"] == pytest.approx(90.0074, abs=1e-3)  # 12 kPa
     # 140 two days before and 150 two days after: a tie, averaged; the entered-in-error 210 is ignored
     assert rec.values["systolic"] == pytest.approx(145.0)
-    assert sorted(rec.sources["systolic"]) == sorted([obs_ref(server, "p2-sys-a"), obs_ref(server, "p2-sys-b")])
+    tied = [obs_ref(server, "p2-sys-a"), obs_ref(server, "p2-sys-b")]
+    assert sorted(rec.sources["systolic"]) == sorted(tied)
     assert rec.values["bmi"] is None and "bmi" not in rec.sources
     assert rec.values["sex"] == "M" and rec.values["age"] == 75.0
 
@@ -148,3 +150,10 @@ def test_study_context_from_dataset_tolerates_bad_values() -> None:
     assert ctx == StudyContext("DIFF3M-0001", "HOSP", STUDY_DATE, "ACC0001", "F", "063Y", None, "PA",
                                None, 74.6, "1.2.3.4")
     assert StudyContext.from_dataset(Dataset()).patient_id is None
+
+
+def test_search_pages_through_link_next(server: FhirDevServer) -> None:
+    with FhirClient(server.base_url) as client:
+        found = client.search("Observation", {"code": "http://loinc.org|29463-7", "_count": "2"})
+        assert client.requests == 3  # 5 body weights, 2 per page
+    assert len({str(o.id) for o in found}) == 5  # type: ignore[attr-defined]
