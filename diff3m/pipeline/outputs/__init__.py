@@ -4,7 +4,7 @@ from diff3m.pipeline.outputs.heatmap import build_heatmap_sc
 from diff3m.pipeline.outputs.reference import SourceError
 from diff3m.pipeline.outputs.render import Overlay, RenderedPngs, render_overlay, render_pngs
 from diff3m.pipeline.outputs.sr import build_sr
-from diff3m.pipeline.outputs.uids import OutputRef, OutputUids, output_uids, series_uid
+from diff3m.pipeline.outputs.uids import OutputRef, OutputUids, output_uids, series_number, series_uid
 
 __all__ = [
     "OutputRef",
@@ -17,5 +17,6 @@ __all__ = [
     "output_uids",
     "render_overlay",
     "render_pngs",
+    "series_number",
     "series_uid",
 ]

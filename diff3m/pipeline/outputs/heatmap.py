@@ -12,11 +12,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from diff3m.pipeline.outputs.reference import clean_reference, clean_value, output_charset, source_uid
 from diff3m.pipeline.outputs.render import MAX_SIDE, Overlay, caption, render_overlay
-from diff3m.pipeline.outputs.uids import SERIES_NUMBER, output_uids
+from diff3m.pipeline.outputs.uids import output_uids, series_number
 from diff3m.records import ScoreResult
 
 MANUFACTURER = "Diff3M node"
-SERIES_DESCRIPTION = "Diff3M AI heatmap (not a diagnosis)"
+SERIES_DESCRIPTION = "Diff3M AI heatmap rev {revision} (not a diagnosis)"
 _ORIENTATION = {v.value for v in PatientOrientationValuesBiped}
 
 
@@ -84,7 +84,7 @@ def build_heatmap_sc(source: Dataset, result: ScoreResult, revision: int,
         bits_allocated=8,
         coordinate_system="PATIENT",
         series_instance_uid=uids.series_uid,
-        series_number=SERIES_NUMBER["sc"],
+        series_number=series_number("sc", revision),
         sop_instance_uid=uids.sop_instance_uid,
         instance_number=_instance_number(source),
         manufacturer=MANUFACTURER,
@@ -93,7 +93,7 @@ def build_heatmap_sc(source: Dataset, result: ScoreResult, revision: int,
         pixel_spacing=_pixel_spacing(source, overlay.scale),  # type: ignore[arg-type]  # stub says int
         laterality=_laterality(source),
         patient_orientation=orientation or ("L", "F"),
-        series_description=SERIES_DESCRIPTION,
+        series_description=SERIES_DESCRIPTION.format(revision=int(revision)),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         specific_character_set=charset,
     )

@@ -38,11 +38,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from diff3m.pipeline.outputs import codes
 from diff3m.pipeline.outputs.reference import SourceError, clean_reference, output_charset
-from diff3m.pipeline.outputs.uids import SERIES_NUMBER, OutputRef, derived_uid, device_uid, output_uids
+from diff3m.pipeline.outputs.uids import OutputRef, derived_uid, device_uid, output_uids, series_number
 from diff3m.records import EhrRecord, Roi, ScoreResult
 
 MANUFACTURER = "Diff3M node"
-SERIES_DESCRIPTION = "Diff3M AI result (not a diagnosis)"
+SERIES_DESCRIPTION = "Diff3M AI result rev {revision} (not a diagnosis)"
 
 
 def algorithm_parameters(result: ScoreResult) -> list[str]:
@@ -199,13 +199,13 @@ def build_sr(sources: list[Dataset], result: ScoreResult, ehr: EhrRecord, revisi
         evidence=refs,
         content=report,
         series_instance_uid=uids.series_uid,
-        series_number=SERIES_NUMBER["sr"],
+        series_number=series_number("sr", revision),
         sop_instance_uid=uids.sop_instance_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.model_name[:64],
         software_versions=result.model_version[:64],
-        series_description=SERIES_DESCRIPTION,
+        series_description=SERIES_DESCRIPTION.format(revision=int(revision)),
         is_complete=True,
         previous_versions=_previous(previous) or None,
         coding_schemes=[codes.coding_scheme()],

@@ -11,8 +11,7 @@ from pydicom.uid import UID
 
 OutputKind = Literal["sr", "sc"]
 
-# Series numbers of our output series inside the source study (informational only).
-SERIES_NUMBER: dict[OutputKind, int] = {"sr": 9901, "sc": 9902}
+_KIND_DIGIT: dict[OutputKind, int] = {"sr": 1, "sc": 2}
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:diff3m-node:outputs:v1")
 _SEP = "\x1f"  # cannot occur in a UID or version string, so parts never run together
@@ -37,6 +36,11 @@ def derived_uid(*parts: str) -> UID:
 def series_uid(kind: OutputKind, study_uid: str, model_name: str, model_version: str, revision: int) -> UID:
     """The output series of ``kind`` for one study revision and model (SR and SC differ)."""
     return derived_uid("series", kind, study_uid, model_name, model_version, str(int(revision)))
+
+
+def series_number(kind: OutputKind, revision: int) -> int:
+    """Series Number of an output series: 9000 + 10 x revision + 1 (SR) or 2 (SC); newer = higher."""
+    return 9000 + 10 * max(0, int(revision)) + _KIND_DIGIT[kind]
 
 
 def output_uids(

@@ -47,6 +47,10 @@ def test_building_twice_gives_identical_uids_and_new_revision_or_model_new_ones(
     assert src.SeriesInstanceUID not in (sr1.SeriesInstanceUID, sc1.SeriesInstanceUID)
 
     sr_rev, sc_rev = build_sr([src], res, ehr, 2), build_heatmap_sc(src, res, 2)
+    # series numbers and descriptions tell a reader which revision a series holds
+    numbers = (sr1.SeriesNumber, sc1.SeriesNumber, sr_rev.SeriesNumber, sc_rev.SeriesNumber)
+    assert numbers == (9011, 9012, 9021, 9022)
+    assert "rev 2" in sr_rev.SeriesDescription and "not a diagnosis" in sc_rev.SeriesDescription
     assert sr_rev.SOPInstanceUID != sr1.SOPInstanceUID and sr_rev.SeriesInstanceUID != sr1.SeriesInstanceUID
     assert sc_rev.SOPInstanceUID != sc1.SOPInstanceUID and sc_rev.SeriesInstanceUID != sc1.SeriesInstanceUID
 
