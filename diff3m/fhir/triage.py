@@ -64,6 +64,8 @@ def raise_priority(settings: Settings, accession: str, new_priority: str,
                 return TriageOutcome(False, "no ServiceRequest with this accession number")
             old = str(sr.priority) if sr.priority else None
             version = sr.meta.versionId if sr.meta else None
+            if old is not None and old not in PRIORITY_ORDER:
+                raise FhirError(f"ServiceRequest/{sr.id} has an unknown priority {old!r}; not touching it")
             if rank(old) >= rank(target):
                 return TriageOutcome(False, "priority already as high or higher", str(sr.id), old, old,
                                      version, version)
