@@ -90,3 +90,15 @@ def test_bad_inputs_give_clear_errors() -> None:
     del no_pixels.PixelData
     with pytest.raises(SourceError, match="pixel data"):
         build_heatmap_sc(no_pixels, make_result(96, 80), 1)
+
+
+def test_compressed_source(tmp_path: Path) -> None:
+    from pydicom.uid import RLELossless
+
+    src = make_source(SourceSpec(rows=120, columns=100))
+    plain = build_heatmap_sc(src, make_result(120, 100), 1).pixel_array
+    src.compress(RLELossless)
+    path = tmp_path / "sc.dcm"
+    build_heatmap_sc(src, make_result(120, 100), 1).save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    np.testing.assert_array_equal(dcmread(path).pixel_array, plain)

@@ -19,6 +19,7 @@ SPECS = {
     "dx-mono1-16bit-latin1": SourceSpec(modality="DX", photometric="MONOCHROME1", bits_stored=16,
                                         charset="ISO_IR 100", patient_name="Müller^Jürgen"),
     "cr-utf8-no-spacing": SourceSpec(charset="ISO_IR 192", patient_name="山田^太郎", pixel_spacing=None),
+    "cr-iso2022-japanese": SourceSpec(charset="\\ISO 2022 IR 87", patient_name="Yamada^Tarou=山田^太郎"),
     "dx-invalid-values": SourceSpec(modality="DX", bad_values=True),
 }
 
