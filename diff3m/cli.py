@@ -62,7 +62,7 @@ for _name in COMMAND_MODULES:
     try:
         _module = importlib.import_module(_name)
     except ModuleNotFoundError as _err:
-        if _err.name != _name:
+        if not _err.name or not _name.startswith(_err.name):  # a real import error inside it
             raise
         continue
     _module.register(app)

@@ -47,7 +47,7 @@ def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Pope
         if port_open(host, port):
             return
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else "(see its log)"
             pytest.fail(f"process exited ({proc.returncode}) before listening on {port}: {out[-2000:]}")
         time.sleep(0.1)
     pytest.fail(f"nothing listening on {host}:{port} after {timeout}s")

@@ -33,6 +33,17 @@ class NodeConfig:
         return f"http://127.0.0.1:{self.web_port}"
 
 
+def toml_value(v: object) -> str:
+    """A Python value as a TOML value (strings, numbers, booleans, lists, inline tables)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
 def write_config(root: Path, *, checkpoint: str, destinations: list[dict[str, object]],
                  routing: list[dict[str, object]], fhir_url: str = "", database_url: str = "",
                  broker_url: str = "", storage: str = "storage", extra: str = "") -> NodeConfig:
@@ -49,9 +60,9 @@ def write_config(root: Path, *, checkpoint: str, destinations: list[dict[str, ob
         "[fhir]", f'base_url = "{fhir_url}"',
     ]
     for d in destinations:
-        lines += ["[[destinations]]"] + [f"{k} = {json.dumps(v)}" for k, v in d.items()]
+        lines += ["[[destinations]]"] + [f"{k} = {toml_value(v)}" for k, v in d.items()]
     for r in routing:
-        lines += ["[[routing]]"] + [f"{k} = {json.dumps(v)}" for k, v in r.items()]
+        lines += ["[[routing]]"] + [f"{k} = {toml_value(v)}" for k, v in r.items()]
     path = root / "node.toml"
     path.write_text("\n".join(lines) + "\n" + extra)
     return NodeConfig(root, dicom_port, web_port, path)
@@ -60,7 +71,7 @@ def write_config(root: Path, *, checkpoint: str, destinations: list[dict[str, ob
 @contextmanager
 def diff3m_process(*args: str, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Run ``diff3m ARGS`` in the background; SIGTERM it afterwards (kill if it lingers)."""
-    with open(log, "ab") as out:
+    with open(log, "ab") as out:  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "diff3m", *args], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     try:

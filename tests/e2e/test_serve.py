@@ -42,9 +42,9 @@ def test_serve_end_to_end(tmp_path, orthanc, storescp, tiny_checkpoint):
                                        study_uid=str(pydicom.dcmread(src).StudyInstanceUID))
     study_uid = str(pydicom.dcmread(src).StudyInstanceUID)
     log = tmp_path / "serve.log"
-    with diff3m_process("serve", "--config", str(cfg.path), log=log):
-        services.wait_port("127.0.0.1", cfg.dicom_port, 60)
-        services.wait_port("127.0.0.1", cfg.web_port, 60)
+    with diff3m_process("serve", "--config", str(cfg.path), log=log) as proc:
+        services.wait_port("127.0.0.1", cfg.dicom_port, 90, proc)
+        services.wait_port("127.0.0.1", cfg.web_port, 30, proc)
         storescu(cfg.dicom_port, src, lateral)
         study = wait_study(cfg, study_uid, log=log)
         # a duplicate send of the same study must not produce a second SR/SC at the PACS
