@@ -6,6 +6,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -117,7 +118,8 @@ def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.maximum_pdu_size = max_pdu
     ae.requested_contexts = propose_contexts(refs)
-    tls_args = (ssl_context, None) if ssl_context is not None else None
+    # server_hostname None: no SNI; peers are verified by certificate chain, not DNS name
+    tls_args: Any = (ssl_context, None) if ssl_context is not None else None
     assoc = ae.associate(host, port, ae_title=called_aet, tls_args=tls_args)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
