@@ -154,14 +154,22 @@ def _previous(previous: Sequence[OutputRef]) -> list[Dataset]:
 
 
 def build_sr(sources: list[Dataset], result: ScoreResult, ehr: EhrRecord, revision: int,
-             previous: Sequence[OutputRef] = ()) -> Comprehensive3DSR:
-    """The TID 1500 SR of one study revision; ``sources[0]`` is the scored image (ROI coordinates).
+             previous: Sequence[OutputRef] = (), scored_uid: str | None = None) -> Comprehensive3DSR:
+    """The TID 1500 SR of one study revision over the evaluated ``sources``.
 
+    The scored image (whose pixel grid ``result.anomaly_map`` and ``result.roi`` use) is the
+    source with SOP Instance UID ``scored_uid``, or ``sources[0]`` when that is not given.
     ``previous`` lists SRs this one supersedes (earlier revisions); they are recorded in the
     Predecessor Documents Sequence.
     """
     if not sources:
         raise SourceError("build_sr needs at least one source image")
+    if scored_uid is not None:
+        given = [str(d.get("SOPInstanceUID", "")) for d in sources]
+        index = given.index(scored_uid) if scored_uid in given else None
+        if index is None:
+            raise SourceError(f"the scored image {scored_uid} is not among the sources")
+        sources = [sources[index], *sources[:index], *sources[index + 1:]]
     refs = [clean_reference(s) for s in sources]
     study_uid = refs[0].StudyInstanceUID
     if any(r.StudyInstanceUID != study_uid for r in refs):
@@ -176,7 +184,7 @@ def build_sr(sources: list[Dataset], result: ScoreResult, ehr: EhrRecord, revisi
     rows, columns = int(sources[0].get("Rows") or 0), int(sources[0].get("Columns") or 0)
     if np.shape(result.anomaly_map) != (rows, columns):
         raise ValueError(f"anomaly map shape {np.shape(result.anomaly_map)} does not match the scored "
-                         f"image sources[0] ({rows}, {columns})")
+                         f"image ({rows}, {columns}); pass scored_uid= to name it")
     roi = clip_roi(result.roi, rows, columns) if result.roi is not None else None
     if roi is not None:
         groups.append(_roi_group(refs[0], result, roi, derived_uid("tracking", "roi", *key)))

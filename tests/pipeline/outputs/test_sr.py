@@ -101,6 +101,10 @@ def test_normal_result_without_roi_several_sources_and_predecessor(tmp_path: Pat
     old = build_sr([frontal, lateral], res, make_ehr(), 1)
     prev = OutputRef(old.StudyInstanceUID, old.SeriesInstanceUID, old.SOPInstanceUID, old.SOPClassUID)
     path = _write(build_sr([frontal, lateral], res, make_ehr(), 2, previous=[prev]), tmp_path / "sr.dcm")
+    # the scored image may be named instead of put first: same SR, same UIDs
+    named = build_sr([lateral, frontal], res, make_ehr(), 2, previous=[prev],
+                     scored_uid=frontal.SOPInstanceUID)
+    assert named.SOPInstanceUID == dcmread(path).SOPInstanceUID
     assert_dciodvfy_clean(path)
 
     sr = dcmread(path)
@@ -140,6 +144,8 @@ def test_bad_inputs_give_clear_errors() -> None:
         build_sr([broken], make_result(96, 80), make_ehr(), 1)
     with pytest.raises(ValueError, match="does not match the scored image"):
         build_sr([src], make_result(80, 96), make_ehr(), 1)
+    with pytest.raises(SourceError, match="not among the sources"):
+        build_sr([src], make_result(96, 80), make_ehr(), 1, scored_uid="1.2.3")
     nan = make_result(96, 80)
     nan.score = float("nan")
     with pytest.raises(ValueError, match="score"):
