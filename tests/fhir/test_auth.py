@@ -106,3 +106,14 @@ def test_smart_with_an_unreadable_key_is_a_clear_error(server: FhirDevServer, tm
     assert not rec.available and "cannot load private key" in (rec.reason or "")
     missing = fetch_ehr(smart(server, tmp_path / "missing.pem", "x"), CTX)
     assert not missing.available and "cannot read fhir.private_key" in (missing.reason or "")
+
+
+def test_smart_token_renewed_when_expired_or_rejected(server: FhirDevServer, keys: dict[str, Path]) -> None:
+    s = smart(server, keys["ec"], "ec-1", client_id="renewing-client")
+    auth = auth_for(s.fhir)
+    assert isinstance(auth, SmartBackendAuth)
+    assert fetch_ehr(s, CTX).available and auth.tokens_fetched == 1
+    auth._expires_at = 0.0  # the cached token reached its expiry
+    assert fetch_ehr(s, CTX).available and auth.tokens_fetched == 2
+    auth._token = "revoked-by-the-server"  # still "valid" locally, refused with 401 by the server
+    assert fetch_ehr(s, CTX).available and auth.tokens_fetched == 3

@@ -101,7 +101,7 @@ def test_retry_after_is_honoured_then_success(peer: Any) -> None:
     sleeps: list[float] = []
     with client_for(p.url, sleeps) as c:
         patient = c.read("Patient", "p1")
-    assert patient.id == "p1" and str(patient.gender) == "female"
+    assert patient.id == "p1" and str(patient.gender) == "female"  # type: ignore[attr-defined]
     assert sleeps == [2.0, 1.0] and len(p.paths) == 3
 
 
@@ -154,7 +154,7 @@ def test_paging_follows_next_on_the_same_host_only(peer: Any) -> None:
                  Reply(200, bundle({**PATIENT, "id": "p2"}, next_url=f"{p.url}/Patient?page=3")),
                  Reply(200, bundle({**PATIENT, "id": "p3"}))]
     with client_for(p.url, []) as c:
-        assert [r.id for r in c.search("Patient")] == ["p1", "p2", "p3"]
+        assert [r.id for r in c.search("Patient")] == ["p1", "p2", "p3"]  # type: ignore[attr-defined]
     assert p.paths[1:] == ["/Patient?page=2", "/Patient?page=3"]
     q = peer(Reply(200, bundle(PATIENT, next_url="http://elsewhere.example:1/Patient?page=2")))
     with client_for(q.url, []) as c, pytest.raises(FhirInvalidResponse, match="another host"):
