@@ -248,8 +248,7 @@ def unpack_map(data: bytes, rows: int, columns: int) -> np.ndarray:
 
 def build_outputs(settings: Settings, study_id: int, revision: int) -> Next | None:
     """Build the SR and heatmap SC, supersede older revisions' outputs, plan the deliveries."""
-    from diff3m.pipeline.outputs.heatmap import build_heatmap_sc
-    from diff3m.pipeline.outputs.sr import build_sr
+    from diff3m.pipeline.outputs import OutputRef, build_heatmap_sc, build_sr, render_overlay
 
     url = settings.database.url
     with session_scope(url) as s:
@@ -265,24 +264,35 @@ def build_outputs(settings: Settings, study_id: int, revision: int) -> Next | No
             return Next("infer", study_id, revision)
         evaluated = s.get(Instance, row.instance_id)
         assert evaluated is not None
-        sources = [read_dataset(settings, study, i) for i in _frontal(s, study)]
-        source = next(d for d, i in zip(sources, _frontal(s, study), strict=True) if i.id == evaluated.id)
-        result = _score_result(row, int(source.Rows), int(source.Columns))
+        frontal = _frontal(s, study)
+        sources = [read_dataset(settings, study, i) for i in frontal]
+        scored = next(d for d, i in zip(sources, frontal, strict=True) if i.id == evaluated.id)
+        result = _score_result(row, int(scored.Rows), int(scored.Columns))
         snap = s.scalar(select(EhrSnapshot).where(EhrSnapshot.study_id == study_id,
                                                   EhrSnapshot.revision == revision))
-        ehr = _ehr_record(snap)
-        sr = build_sr(sources, result, ehr, revision)
-        sc = build_heatmap_sc(source, result, revision)
+        older = s.scalars(select(OutputObject).where(OutputObject.study_id == study_id,
+                                                     OutputObject.revision < revision)).all()
+        previous = [OutputRef(study.study_uid, o.series_uid, o.sop_instance_uid, SR_CLASS)
+                    for o in older if o.kind == "sr"]
+        try:
+            sr = build_sr(sources, result, _ehr_record(snap), revision, previous=previous,
+                          scored_uid=evaluated.sop_instance_uid)
+            sc = build_heatmap_sc(scored, result, revision, overlay=render_overlay(scored, result))
+        except ValueError as err:  # bad input (SourceError included): record it, do not retry
+            state.fail(s, study, f"cannot build outputs: {err}")
+            return None
         outputs = [_save_output(s, settings, study, revision, "sr", sr),
                    _save_output(s, settings, study, revision, "sc", sc)]
-        for old in s.scalars(select(OutputObject).where(OutputObject.study_id == study_id,
-                                                        OutputObject.revision < revision)).all():
+        for old in older:
             old.superseded = True
-        delivery_ids = _plan_result_deliveries(s, settings, study, evaluated, outputs, sr)
+        delivery_ids = _plan_result_deliveries(s, settings, study, evaluated, outputs)
         state.advance(s, study, StudyStatus.DELIVERING, "build", time.perf_counter() - t0)
         if not delivery_ids:
             state.settle_deliveries(s, study)
     return Next("deliver", study_id, revision, tuple(delivery_ids))
+
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 
 
 def _score_result(row: InferenceResult, rows: int, columns: int) -> ScoreResult:
@@ -316,7 +326,7 @@ def _save_output(s: Session, settings: Settings, study: Study, revision: int, ki
 
 
 def _plan_result_deliveries(s: Session, settings: Settings, study: Study, evaluated: Instance,
-                            outputs: list[OutputObject], sr: object) -> list[int]:
+                            outputs: list[OutputObject]) -> list[int]:
     ids: list[int] = []
     key = f"{study.study_uid}:{study.revision}"
     if settings.routing:
