@@ -29,7 +29,7 @@ from diff3m.fhir.errors import (
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 Resource = FHIRAbstractModel
 
 

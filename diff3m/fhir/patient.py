@@ -39,7 +39,7 @@ def match_patient(client: FhirClient, fhir: FhirSettings, patient_id: str | None
     found = client.search("Patient", {"identifier": query})
     ids = {str(p.id) for p in found}  # type: ignore[attr-defined]
     if not ids:
-        raise PatientMatchError("no FHIR Patient has the study's PatientID")
+        raise PatientMatchError("no FHIR Patient has the study's PatientID", retryable=True)
     if len(ids) > 1:
         raise PatientMatchError(f"{len(ids)} FHIR Patients share the study's PatientID; not guessing")
     patient = found[0]

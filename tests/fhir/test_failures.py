@@ -134,6 +134,7 @@ def test_4xx_is_not_retried(peer: Any) -> None:
         c.read("Patient", "p1")
     assert err.value.status == 404 and "Not found" in err.value.reason and not err.value.retryable
     assert len(p.paths) == 1
+    assert FhirHttpError("conflict", 412).retryable and not FhirHttpError("bad", 400).retryable
 
 
 @pytest.mark.parametrize(("reply", "reason"), [
@@ -144,8 +145,9 @@ def test_4xx_is_not_retried(peer: Any) -> None:
 ])
 def test_garbage_is_a_typed_error(peer: Any, reply: Reply, reason: str) -> None:
     p = peer(reply)
-    with client_for(p.url, []) as c, pytest.raises(FhirInvalidResponse, match=reason):
+    with client_for(p.url, []) as c, pytest.raises(FhirInvalidResponse, match=reason) as err:
         c.search("Patient", {"identifier": "X"})
+    assert err.value.retryable
 
 
 def test_paging_follows_next_on_the_same_host_only(peer: Any) -> None:

@@ -80,7 +80,13 @@ def test_write_for_unknown_patient_is_refused_not_guessed(fhir_server: FhirDevSe
     inp = ObservationInput(STUDY_UID, sr_uid, 0.1, False, 0.5, "diff3m-demo", "1.0.0", patient_id="NOBODY")
     with pytest.raises(PatientMatchError) as err:
         write_observation(settings_for(fhir_server), inp)
-    assert not err.value.retryable
+    assert err.value.retryable  # the patient may be registered later: the outbox tries again
+    assert fhir_server.search(f"Observation?identifier=urn:dicom:uid|urn:oid:{sr_uid}") == []
+    ambiguous = ObservationInput(STUDY_UID, sr_uid, 0.1, False, 0.5, "diff3m-demo", "1.0.0",
+                                 patient_id="DIFF3M-0003")
+    with pytest.raises(PatientMatchError, match="not guessing") as err:
+        write_observation(load_settings(fhir={"base_url": fhir_server.base_url}), ambiguous)
+    assert not err.value.retryable  # waiting does not resolve two patients with one MRN
     assert fhir_server.search(f"Observation?identifier=urn:dicom:uid|urn:oid:{sr_uid}") == []
 
 
