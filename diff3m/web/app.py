@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def _mount_dicomweb(app: FastAPI) -> bool:
+def _mount_dicomweb(app: FastAPI, settings: Settings) -> bool:
+    """Mount the node's STOW-RS / WADO-RS routes (``diff3m.node.dicomweb``) when that module exists."""
     try:
-        from diff3m.node.dicomweb import router as dicomweb_router
+        from diff3m.node import dicomweb
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("diff3m.node.dicomweb"):
             return False
         raise
-    app.include_router(dicomweb_router)
+    factory = getattr(dicomweb, "dicomweb_router", None)
+    app.include_router(factory(settings) if factory is not None else getattr(dicomweb, "router"))  # noqa: B009
     return True
 
 
@@ -51,5 +53,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(login_router(settings))
     app.include_router(api.router)
     app.include_router(pages.router)
-    app.state.dicomweb = _mount_dicomweb(app)
+    app.state.dicomweb = _mount_dicomweb(app, settings)
     return app

@@ -98,3 +98,25 @@ def test_served_off_loopback_with_uvicorn(settings: Settings, sqlite_url: str, t
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert TOKEN not in out, "the token leaked into the logs"
     assert '"route": "/api/studies"' in out  # JSON request log by route template
+
+
+def test_dicomweb_mounted_behind_the_token(sqlite_url: str, tmp_path: Path) -> None:
+    """Workers fetch instances through the web app's WADO-RS, with the same token."""
+    from sqlalchemy import select
+
+    from diff3m.db.models import Instance
+    from diff3m.db.session import session_scope
+    from tests.web.factory import WORKLIST, seed
+
+    settings = make_settings(sqlite_url, tmp_path, host="0.0.0.0", token=TOKEN)
+    study_uid = seed(settings, WORKLIST[0]).study_uid
+    with session_scope(settings.database.url) as s:
+        inst = s.scalar(select(Instance))
+        url = f"/dicomweb/studies/{study_uid}/series/{inst.series_uid}/instances/{inst.sop_instance_uid}"
+        stored = (Path(settings.node.storage_dir) / inst.path).read_bytes()
+    app = create_app(settings)
+    assert app.state.dicomweb is True
+    with TestClient(app) as c:
+        assert c.get(url).status_code == 401
+        r = c.get(url, headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/dicom"})
+        assert r.status_code == 200 and stored[128:132] == b"DICM" and stored in r.content

@@ -28,6 +28,9 @@ def test_readyz_tracks_the_model_flag(client: TestClient, settings: Settings) ->
     checks = r.json()["checks"]
     assert checks["database"]["ok"] and checks["broker"]["ok"] and checks["disk"]["ok"]
     assert not checks["model"]["ok"] and "diff3m worker" in checks["model"]["detail"]
+    skipped = client.get("/readyz", params={"skip": "model"})
+    assert skipped.status_code == 200 and "model" not in skipped.json()["checks"]
+    assert client.get("/readyz", params={"skip": "nonsense"}).status_code == 422
     mark_model_loaded(settings.database.url, "Diff3M", "demo-0.1", "cpu", worker="gpu-1:42")
     mark_model_loaded(settings.database.url, "Diff3M", "demo-0.1", "cpu", worker="gpu-2:43")
     mark_model_unloaded(settings.database.url, worker="gpu-1:42")
