@@ -35,7 +35,7 @@ def test_scale_out_with_separate_worker_storage(tmp_path, orthanc, postgres_url,
         study = wait_study(cfg, study_uid, log=tmp_path / "worker.log")
 
     assert study["score"] is not None
-    assert _classes_in_study(orthanc, study_uid) == [SR_CLASS, SC_CLASS]
+    assert _classes_in_study(orthanc, study_uid) == sorted([SR_CLASS, SC_CLASS])
     # the worker never read the listener's disk: it fetched the source through WADO-RS into its own root
     fetched = [p for p in worker_storage.rglob("*") if p.is_file()]
     assert any(pydicom.dcmread(p).SOPInstanceUID == pydicom.dcmread(src).SOPInstanceUID for p in fetched)

@@ -53,7 +53,7 @@ def test_serve_end_to_end(tmp_path, orthanc, storescp, tiny_checkpoint):
     assert study["score"] is not None and study["abnormal"] in (True, False)
     assert study["priority"] in ("routine", "urgent", "asap", "stat")
     assert "ehr" in study and study["outputs"]
-    assert _classes_in_study(orthanc, study_uid) == [SR_CLASS, SC_CLASS]
+    assert _classes_in_study(orthanc, study_uid) == sorted([SR_CLASS, SC_CLASS])
 
     received = [pydicom.dcmread(p) for p in storescp.files()]
     by_class = sorted(str(d.SOPClassUID) for d in received)
