@@ -68,6 +68,17 @@ def fhir_server() -> Iterator[FhirDevServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny-profile Diff3M checkpoint trained for a few steps on synthetic images (seconds)."""
+    import torch
+
+    from tests.models.synthetic import write_tiny_checkpoint
+
+    torch.set_num_threads(1)  # tiny nets: threads only contend on the shared CPU
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
+
+
 @pytest.fixture
 def storescp() -> Iterator[services.StoreScp]:
     """A throwaway dcmtk storescp."""

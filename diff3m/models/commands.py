@@ -1,0 +1,152 @@
+"""CLI commands of the model area: ``diff3m train`` and ``diff3m score``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from diff3m.records import FieldValue
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``score`` to the ``diff3m`` command."""
+    app.command("train")(train_command)
+    app.command("score")(score_command)
+
+
+def train_command(
+    data: Annotated[Path, typer.Option("--data", help="dataset root directory")],
+    out: Annotated[Path, typer.Option("--out", help="checkpoint directory to write")],
+    layout: Annotated[str, typer.Option("--layout", help="mimic | chexpert")] = "mimic",
+    profile: Annotated[str, typer.Option("--profile", help="tiny | demo | paper")] = "demo",
+    steps: Annotated[int, typer.Option("--steps", help="optimizer steps, both stages")] = 1000,
+    stage1_steps: Annotated[
+        int | None, typer.Option("--stage1-steps", help="image-only DDPM steps (default: half of --steps)")
+    ] = None,
+    no_ehr: Annotated[
+        bool, typer.Option("--no-ehr", help="image-only ablation (no EHR conditioning)")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Train Diff3M on the normal studies of a dataset and write a checkpoint directory."""
+    from diff3m.models.data import load_dataset  # type: ignore[attr-defined]
+    from diff3m.models.profiles import get_profile
+    from diff3m.models.train import train
+
+    try:
+        get_profile(profile)
+        samples = load_dataset(data, layout)
+        path = train(
+            samples,
+            out,
+            profile=profile,
+            steps=steps,
+            use_ehr=not no_ehr,
+            seed=seed,
+            stage1_steps=stage1_steps,
+            batch_size=batch_size,
+            device=device,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(
+        json.dumps({"checkpoint": str(path), **json.loads((path / "config.json").read_text())["extra"]})
+    )
+
+
+def score_command(
+    file: Annotated[Path, typer.Argument(help="a DICOM file (or JPG/PNG)")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="checkpoint directory or builtin:demo")] = (
+        "builtin:demo"
+    ),
+    ehr: Annotated[
+        Path | None, typer.Option("--ehr", help="JSON object of field values (canonical units)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    noise_level: Annotated[int | None, typer.Option("--noise-level")] = None,
+    no_ehr: Annotated[bool, typer.Option("--no-ehr")] = False,
+    threshold: Annotated[float | None, typer.Option("--threshold")] = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+) -> None:
+    """Score one image and print JSON (score, label, threshold, scores, roi, map summary, timings)."""
+    from diff3m.models.checkpoint import CheckpointError
+    from diff3m.models.inference import Diff3MScorer
+    from diff3m.models.preprocess import PreprocessError
+
+    try:
+        t0 = time.perf_counter()
+        scorer = Diff3MScorer.load(checkpoint, device=device)
+        t1 = time.perf_counter()
+        prepared, values = _read_input(file, ehr)
+        t2 = time.perf_counter()
+        result = scorer.score_batch(
+            [(prepared, values)],
+            steps=steps,
+            noise_level=noise_level,
+            use_ehr=not no_ehr,
+            threshold=threshold,
+        )[0]
+        t3 = time.perf_counter()
+    except (CheckpointError, PreprocessError, ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    amap = result.anomaly_map
+    report: dict[str, Any] = {
+        "file": str(file),
+        "score": result.score,
+        "label": "abnormal" if result.abnormal else "normal",
+        "abnormal": result.abnormal,
+        "threshold": result.threshold,
+        "scores": result.scores,
+        "roi": result.roi.as_dict() if result.roi else None,
+        "map": {
+            "rows": int(amap.shape[0]),
+            "columns": int(amap.shape[1]),
+            "max": float(amap.max()),
+            "mean": float(amap.mean()),
+        },
+        "ehr_used": result.ehr_used,
+        "ehr": values,
+        "model": {"name": result.model_name, "version": result.model_version},
+        "params": result.params,
+        "timings": {
+            "load_s": round(t1 - t0, 3),
+            "preprocess_s": round(t2 - t1, 3),
+            "inference_s": round(t3 - t2, 3),
+        },
+    }
+    typer.echo(json.dumps(report, indent=2))
+
+
+def _read_input(file: Path, ehr: Path | None) -> tuple[Any, dict[str, FieldValue]]:
+    """The prepared image plus EHR values: DICOM header fields, overridden by the --ehr JSON."""
+    import pydicom
+
+    from diff3m.models.ehr import values_from_dicom
+    from diff3m.models.preprocess import PreprocessError, load_image, prepare_dicom
+
+    values: dict[str, FieldValue] = {}
+    if file.suffix.lower() in {".png", ".jpg", ".jpeg"}:
+        prepared = load_image(file)
+    else:
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as err:
+            raise PreprocessError(f"cannot read DICOM {file.name}: {err}") from err
+        prepared = prepare_dicom(ds)
+        values = {k: v for k, v in values_from_dicom(ds).items() if v is not None}
+    if ehr is not None:
+        data = json.loads(ehr.read_text())
+        if isinstance(data, dict) and isinstance(data.get("values"), dict):
+            data = data["values"]
+        if not isinstance(data, dict):
+            raise ValueError("--ehr must hold a JSON object of field values")
+        values.update(data)
+    return prepared, values

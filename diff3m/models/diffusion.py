@@ -1,0 +1,54 @@
+"""The Diff3M sampling loop: DDIM inversion of the image to a noise level, then DDIM denoising back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diff3m.models.schedule import X0_CLIP, DiffusionSchedule
+
+# denoiser(x_t, t) -> (predicted noise, masked reconstruction of x_t or None)
+Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _estimate(
+    schedule: DiffusionSchedule, denoiser: Denoiser, x: torch.Tensor, t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and noise estimates at step t; the masked reconstruction ``gen`` stands in for x_t in x0."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps, gen = denoiser(x, tt)
+    eps = eps.float()
+    reference = x if gen is None else gen.float()
+    x0 = schedule.predict_x0(reference, tt, eps).clamp(*X0_CLIP)
+    return x0, schedule.eps_from_x0(x, tt, x0)
+
+
+def ddim_invert(
+    schedule: DiffusionSchedule, denoiser: Denoiser, x0: torch.Tensor, grid: list[int]
+) -> torch.Tensor:
+    """Deterministic DDIM inversion from the clean image (at grid[0]) up to grid[-1]."""
+    x = x0
+    for t_from, t_to in zip(grid[:-1], grid[1:], strict=True):
+        x0_hat, eps = _estimate(schedule, denoiser, x, t_from)
+        x = schedule.ddim_move(x0_hat, eps, t_to)
+    return x
+
+
+def ddim_denoise(
+    schedule: DiffusionSchedule, denoiser: Denoiser, x_l: torch.Tensor, grid: list[int]
+) -> torch.Tensor:
+    """Deterministic DDIM denoising (eta 0) from grid[-1] back down to grid[0]."""
+    x = x_l
+    down = grid[::-1]
+    for t_from, t_to in zip(down[:-1], down[1:], strict=True):
+        x0_hat, eps = _estimate(schedule, denoiser, x, t_from)
+        x = schedule.ddim_move(x0_hat, eps, t_to)
+    return x
+
+
+def reconstruct(
+    schedule: DiffusionSchedule, denoiser: Denoiser, x0: torch.Tensor, grid: list[int]
+) -> torch.Tensor:
+    """The model's "normal-looking" version of ``x0``: invert to the noise level, then denoise."""
+    return ddim_denoise(schedule, denoiser, ddim_invert(schedule, denoiser, x0, grid), grid)

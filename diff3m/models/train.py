@@ -1,0 +1,371 @@
+"""Two-stage Diff3M training (image-only DDPM, then PCM + IECA with frozen parts): EMA, AdamW, resumable."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from diff3m.models import checkpoint
+from diff3m.models.data import CxrSample
+from diff3m.models.ehr import EhrEncoder
+from diff3m.models.fields import DEFAULT_REGISTRY, FieldRegistry
+from diff3m.models.inference import Diff3MScorer, pick_device
+from diff3m.models.network import Diff3MNet
+from diff3m.models.preprocess import PreprocessError, load_image
+from diff3m.models.profiles import Profile, get_profile
+from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.csv"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What a training run does; stored with its resumable state."""
+
+    profile: str
+    steps: int  # total optimizer steps, both stages
+    stage1_steps: int  # image-only DDPM steps (the rest is stage 2)
+    use_ehr: bool
+    seed: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
+
+
+@dataclass
+class TrainingData:
+    """Training images on the model grid and their encoded EHR tokens."""
+
+    images: torch.Tensor  # float16 [N, 1, S, S]
+    values: torch.Tensor  # float32 [N, n_tokens]
+    present: torch.Tensor  # bool [N, n_tokens]
+    token_field: torch.Tensor  # long [n_tokens]: which field each token belongs to
+    skipped: int
+
+
+def training_samples(samples: Sequence[CxrSample]) -> list[CxrSample]:
+    """The normal studies of the train split (one-class training); all normals if no split says train."""
+    normals = [s for s in samples if s.normal]
+    train = [s for s in normals if s.split == "train"]
+    return train or normals
+
+
+def prepare_data(samples: Sequence[CxrSample], encoder: EhrEncoder, size: int) -> TrainingData:
+    """Load every image onto the model grid and encode its EHR (unreadable images are skipped)."""
+    images, kept = [], []
+    skipped = 0
+    for s in samples:
+        try:
+            grid, _ = load_image(s.path).to_grid(size)
+        except (PreprocessError, OSError) as err:
+            skipped += 1
+            log.warning("skipping unreadable training image of study %s: %s", s.study_id, err)
+            continue
+        images.append(torch.from_numpy(grid).to(torch.float16))
+        kept.append(s)
+    if not kept:
+        raise ValueError("no readable normal training images")
+    values, present = encoder.encode_batch([s.values for s in kept])
+    token_field = []
+    for i, spec in enumerate(encoder.registry.fields):
+        token_field.extend([i] * (1 if spec.kind == "numeric" else len(spec.categories)))
+    return TrainingData(
+        torch.stack(images)[:, None],
+        torch.from_numpy(values),
+        torch.from_numpy(present),
+        torch.tensor(token_field, dtype=torch.long),
+        skipped,
+    )
+
+
+def train(
+    samples: Sequence[CxrSample],
+    out_dir: str | Path,
+    profile: str | Profile = "demo",
+    steps: int = 1000,
+    use_ehr: bool = True,
+    seed: int = 0,
+    *,
+    stage1_steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    field_dropout: float = 0.1,
+    save_every: int = 500,
+    calibration_images: int = 16,
+    registry: FieldRegistry = DEFAULT_REGISTRY,
+    progress: bool = True,
+    resume: bool = True,
+) -> Path:
+    """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
+
+    ``stage1_steps`` (default half of ``steps``) train the image-only DDPM; the remaining steps
+    train the masked branch and IECA with the published loss. Re-running with the same options
+    and a larger ``steps`` resumes from ``out_dir/train_state.pt``.
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    started = time.time()
+    state_path = out / STATE_FILE
+    state = (
+        torch.load(state_path, map_location=dev, weights_only=False)
+        if resume and state_path.is_file()
+        else None
+    )
+    if stage1_steps is None:
+        stage1_steps = state["options"]["stage1_steps"] if state else steps // 2
+    s1 = max(0, min(stage1_steps, steps))
+    opts = TrainOptions(
+        prof.name,
+        steps,
+        s1,
+        use_ehr,
+        seed,
+        batch_size or prof.batch_size,
+        lr or prof.lr,
+        prof.weight_decay,
+        field_dropout,
+    )
+    if state and state["options"] != {**asdict(opts), "steps": state["options"]["steps"]}:
+        raise ValueError(
+            f"{state_path} was written with other options {state['options']}; use another --out or delete it"
+        )
+
+    chosen = training_samples(samples)
+    encoder = (
+        EhrEncoder.from_dict(state["encoder"])
+        if state
+        else EhrEncoder(registry).fit(s.values for s in chosen)
+    )
+    data = prepare_data(chosen, encoder, prof.image_size)
+    schedule = DiffusionSchedule(ScheduleConfig(prof.timesteps, prof.beta_start, prof.beta_end), dev)
+
+    torch.manual_seed(seed)
+    net = Diff3MNet(prof, encoder.n_tokens, encoder.group_indices()).to(dev)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    rng = torch.Generator().manual_seed(seed)
+    step, stage = 0, 1
+    opt_state = None
+    if state:
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        rng.set_state(state["rng"])
+        step, stage, opt_state = state["step"], state["stage"], state["opt"]
+        log.info("resuming at step %d of %d", step, steps)
+    if stage == 2:
+        _freeze_for_stage2(net)
+    opt = _optimizer(net, stage, opts)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    log_path = out / LOG_FILE
+    new_log = not log_path.exists() or step == 0
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "stage", "loss", "loss_eps", "loss_gen", "lr", "seconds"])
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"train {prof.name}", unit="step")
+    last_loss = float("nan")
+    net.train()
+    try:
+        while step < steps:
+            if stage == 1 and step >= s1:
+                stage = 2
+                net.init_masked_branch()
+                ema.init_masked_branch()
+                _freeze_for_stage2(net)
+                opt = _optimizer(net, stage, opts)
+            losses = _train_step(net, schedule, data, opts, stage, rng, dev, autocast)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            _ema_update(ema, net, prof.ema_decay, step)
+            step += 1
+            last_loss = float(losses["loss"].detach())
+            writer.writerow(
+                [
+                    step,
+                    stage,
+                    f"{last_loss:.6f}",
+                    f"{float(losses['eps']):.6f}",
+                    f"{float(losses['gen']):.6f}",
+                    opts.lr,
+                    f"{time.time() - started:.1f}",
+                ]
+            )
+            bar.update(1)
+            bar.set_postfix(stage=stage, loss=f"{last_loss:.4f}")
+            if step % save_every == 0 and step < steps:
+                _save_state(state_path, net, ema, opt, rng, step, stage, opts, encoder)
+    finally:
+        bar.close()
+        log_file.close()
+    _save_state(state_path, net, ema, opt, rng, step, stage, opts, encoder)
+
+    config = checkpoint.CheckpointConfig(
+        profile=prof,
+        ehr=encoder,
+        schedule=schedule.config,
+        steps=prof.steps,
+        noise_level=prof.noise_level,
+        use_ehr=use_ehr,
+    )
+    meta = {
+        "options": asdict(opts),
+        "n_train": int(data.images.shape[0]),
+        "skipped_images": data.skipped,
+        "final_loss": last_loss,
+        "seconds": round(time.time() - started, 1),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "stages_trained": 2 if steps > s1 else 1,
+    }
+    checkpoint.save(out, ema, config, meta)
+    if calibration_images > 0:
+        _calibrate(out, samples, chosen, calibration_images, dev)
+    return out
+
+
+def _train_step(
+    net: Diff3MNet,
+    schedule: DiffusionSchedule,
+    data: TrainingData,
+    opts: TrainOptions,
+    stage: int,
+    rng: torch.Generator,
+    dev: torch.device,
+    autocast: torch.autocast,
+) -> dict[str, torch.Tensor]:
+    n = data.images.shape[0]
+    idx = torch.randint(n, (opts.batch_size,), generator=rng)
+    x0 = data.images[idx].to(dev, torch.float32)
+    t = torch.randint(schedule.timesteps, (opts.batch_size,), generator=rng).to(dev)
+    noise = torch.randn(x0.shape, generator=rng).to(dev)
+    x_t = schedule.q_sample(x0, t, noise)
+    zero = torch.zeros((), device=dev)
+    with autocast:
+        if stage == 1:  # image-only DDPM
+            eps, _ = net(x_t, t, None, with_gen=False)
+            loss_eps = F.mse_loss(eps.float(), noise)
+            return {"loss": loss_eps, "eps": loss_eps.detach(), "gen": zero}
+        cond = None
+        if opts.use_ehr:
+            present = data.present[idx]
+            if opts.field_dropout > 0:
+                n_fields = int(data.token_field.max()) + 1
+                hide = torch.rand((opts.batch_size, n_fields), generator=rng) < opts.field_dropout
+                present = present & ~hide[:, data.token_field]
+            cond = net.condition(x0, data.values[idx].to(dev), present.to(dev))
+        eps, gen = net(x_t, t, cond)
+        assert gen is not None
+        loss_eps = F.mse_loss(eps.float(), noise)
+        loss_gen = F.mse_loss(gen.float(), x_t)
+    return {"loss": 0.5 * loss_eps + 0.5 * loss_gen, "eps": loss_eps.detach(), "gen": loss_gen.detach()}
+
+
+def _freeze_for_stage2(net: Diff3MNet) -> None:
+    for module in net.frozen_in_stage2():
+        module.requires_grad_(False)
+
+
+def _optimizer(net: Diff3MNet, stage: int, opts: TrainOptions) -> torch.optim.Optimizer:
+    if stage == 1:
+        params = [p for m in [*net.main_unet(), net.emb_norm] for p in m.parameters()]
+    else:
+        params = [p for p in net.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    d = min(decay, (1 + step) / (10 + step))  # warm-up so short runs are not dominated by the init
+    for e, p in zip(ema.parameters(), net.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - d)
+
+
+def _save_state(
+    path: Path,
+    net: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: torch.Generator,
+    step: int,
+    stage: int,
+    opts: TrainOptions,
+    encoder: EhrEncoder,
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "net": net.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": rng.get_state(),
+            "step": step,
+            "stage": stage,
+            "options": asdict(opts),
+            "encoder": encoder.to_dict(),
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _calibrate(
+    out: Path, samples: Sequence[CxrSample], train_normals: Sequence[CxrSample], limit: int, dev: torch.device
+) -> None:
+    """Threshold = 95th percentile of scores on held-out normals (training normals if none are held out)."""
+    held = [s for s in samples if s.normal and s.split != "train"]
+    chosen = (held or list(train_normals))[:limit]
+    scorer = Diff3MScorer.load(out, device=str(dev))
+    items = []
+    for s in chosen:
+        try:
+            items.append((load_image(s.path), s.values))
+        except (PreprocessError, OSError):
+            continue
+    if not items:
+        return
+    results = scorer.score_batch(items, threshold=float("inf"))
+    scores = np.array([r.score for r in results], dtype=np.float64)
+    threshold = float(np.quantile(scores, 0.95))
+    checkpoint.update_config(
+        out,
+        threshold=threshold,
+        extra={
+            "calibration": {
+                "n": len(scores),
+                "quantile": 0.95,
+                "source": "held-out normals" if held else "training normals",
+            }
+        },
+    )
+    (out / "calibration.json").write_text(
+        json.dumps({"scores": scores.tolist(), "threshold": threshold}) + "\n"
+    )

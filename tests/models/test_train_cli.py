@@ -1,0 +1,193 @@
+"""Training stages, resume, image-only ablation, and the ``diff3m train`` / ``diff3m score`` commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diff3m.cli import app
+from diff3m.models import checkpoint
+from diff3m.models.train import STATE_FILE, train
+from tests.models.synthetic import chest_like, write_samples
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_stage2_freezes_encoder_and_resume_continues(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "img", n=5)
+    out = train(
+        samples, tmp_path / "a", profile="tiny", steps=2, stage1_steps=2, calibration_images=0, progress=False
+    )
+    after_stage1 = torch.load(out / STATE_FILE, weights_only=False)
+    assert after_stage1["stage"] == 1 and after_stage1["step"] == 2
+    train(samples, tmp_path / "a", profile="tiny", steps=4, calibration_images=0, progress=False)
+    state = torch.load(out / STATE_FILE, weights_only=False)
+    assert state["step"] == 4 and state["stage"] == 2
+    for key, value in state["net"].items():
+        if key.startswith(("encoder.", "time_embed.", "ieca.query.")):
+            assert torch.equal(value, after_stage1["net"][key]), key  # frozen in stage 2
+        if key.startswith("mask_encoder1.") and key.endswith("weight"):
+            assert not torch.equal(value, after_stage1["net"][key]), key  # initialised from encoder, trained
+    rows = list(csv.DictReader((out / "train_log.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and [r["stage"] for r in rows] == [
+        "1",
+        "1",
+        "2",
+        "2",
+    ]
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, tmp_path / "a", profile="tiny", steps=6, seed=1, calibration_images=0, progress=False)
+
+
+def test_training_is_seeded(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "img", n=4)
+    a = train(samples, tmp_path / "a", profile="tiny", steps=2, calibration_images=0, progress=False)
+    b = train(samples, tmp_path / "b", profile="tiny", steps=2, calibration_images=0, progress=False)
+    wa, wb = checkpoint.load(a).network.state_dict(), checkpoint.load(b).network.state_dict()
+    # equal up to float rounding (oneDNN may pick another kernel on a process's first call)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    c = train(samples, tmp_path / "c", profile="tiny", steps=2, seed=7, calibration_images=0, progress=False)
+    wc = checkpoint.load(c).network.state_dict()
+    assert not all(torch.allclose(wa[k], wc[k], atol=1e-6) for k in wa)
+
+
+def test_no_ehr_ablation_trains_same_network(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "img", n=4)
+    out = train(
+        samples, tmp_path / "n", profile="tiny", steps=2, use_ehr=False, calibration_images=0, progress=False
+    )
+    loaded = checkpoint.load(out)
+    assert loaded.config.use_ehr is False
+    state = torch.load(out / STATE_FILE, weights_only=False)
+    assert torch.equal(state["net"]["ieca.tokenizer.weight"], state["ema"]["ieca.tokenizer.weight"])
+
+
+def test_no_normal_images_is_an_error(tmp_path: Path) -> None:
+    samples = [s.__class__(**{**s.__dict__, "normal": False}) for s in write_samples(tmp_path / "img", n=2)]
+    with pytest.raises(ValueError):
+        train(samples, tmp_path / "x", profile="tiny", steps=1, calibration_images=0, progress=False)
+
+
+def write_chexpert(root: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    labels = [
+        "No Finding",
+        "Enlarged Cardiomediastinum",
+        "Cardiomegaly",
+        "Lung Opacity",
+        "Lung Lesion",
+        "Edema",
+        "Consolidation",
+        "Pneumonia",
+        "Atelectasis",
+        "Pneumothorax",
+        "Pleural Effusion",
+        "Pleural Other",
+        "Fracture",
+        "Support Devices",
+    ]
+    rows = []
+    for i in range(n):
+        rel = f"CheXpert-v1.0/train/patient{i:05d}/study1/view1_frontal.jpg"
+        path = root / "train" / f"patient{i:05d}" / "study1" / "view1_frontal.jpg"
+        path.parent.mkdir(parents=True)
+        Image.fromarray((chest_like(48, 40, rng) * 255).astype(np.uint8)).save(path)
+        rows.append(
+            {
+                "Path": rel,
+                "Sex": "Female" if i % 2 else "Male",
+                "Age": 40 + i,
+                "Frontal/Lateral": "Frontal",
+                "AP/PA": "PA",
+                **{k: "" for k in labels},
+                "No Finding": "1.0",
+            }
+        )
+    with (root / "train.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_cli_train_and_score(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    import pydicom
+
+    from tests.models.test_preprocess import make_ds
+
+    runner = CliRunner()
+    data = tmp_path / "CheXpert-v1.0"
+    write_chexpert(data, 3)
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--layout",
+            "chexpert",
+            "--out",
+            str(tmp_path / "ck"),
+            "--profile",
+            "tiny",
+            "--steps",
+            "2",
+            "--no-ehr",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["use_ehr"] is False
+
+    px = (chest_like(40, 36, np.random.default_rng(3)) * 4095).round()
+    ds = make_ds(
+        px, 12, PhotometricInterpretation="MONOCHROME1", PatientAge="055Y", PatientSex="F", ViewPosition="PA"
+    )
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    (tmp_path / "ehr.json").write_text(json.dumps({"bmi": 31.0, "age": 56}))
+    res = runner.invoke(
+        app,
+        [
+            "score",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            str(tmp_path / "x.dcm"),
+            "--ehr",
+            str(tmp_path / "ehr.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["label"] in ("normal", "abnormal") and out["score"] == out["scores"]["mse"]
+    assert out["map"]["rows"] == 40 and out["map"]["columns"] == 36
+    assert out["ehr"] == {"age": 56, "sex": "F", "view": "PA", "bmi": 31.0}
+    assert set(out["timings"]) == {"load_s", "preprocess_s", "inference_s"} and out["ehr_used"]
+    assert pydicom.dcmread(tmp_path / "x.dcm").Rows == 40
+
+    res = runner.invoke(app, ["score", "--checkpoint", str(tmp_path / "missing"), str(tmp_path / "x.dcm")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--layout",
+            "nope",
+            "--out",
+            str(tmp_path / "z"),
+            "--profile",
+            "tiny",
+            "--steps",
+            "1",
+        ],
+    )
+    assert res.exit_code == 2 and "layout" in res.output
