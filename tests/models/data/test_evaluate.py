@@ -49,25 +49,78 @@ def test_phantoms_train_evaluate_end_to_end(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = tmp_path / "phantoms"
     generate_dataset(data, 10, 6, size=32, seed=3, fractions=(0.6, 0.0, 0.4), progress=False)
-    ckpt = train(load_dataset(data, "mimic"), tmp_path / "ckpt", profile="tiny", steps=4, seed=0,
-                 calibration_images=2, progress=False)
+    ckpt = train(
+        load_dataset(data, "mimic"),
+        tmp_path / "ckpt",
+        profile="tiny",
+        steps=4,
+        seed=0,
+        calibration_images=2,
+        progress=False,
+    )
     out = tmp_path / "report" / "eval.json"
-    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--layout", "mimic",
-                                   "--out", str(out), "--steps", "2", "--device", "cpu", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--layout",
+            "mimic",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    for key in ("auroc", "ap", "f1", "f1_threshold", "sensitivity_at_95_specificity", "n_normal", "n_abnormal",
-                "seconds_per_image", "per_finding_auroc"):
+    for key in (
+        "auroc",
+        "ap",
+        "f1",
+        "f1_threshold",
+        "sensitivity_at_95_specificity",
+        "n_normal",
+        "n_abnormal",
+        "seconds_per_image",
+        "per_finding_auroc",
+    ):
         assert key in report, key
     test = [s for s in load_dataset(data, "mimic") if s.split == "test"]
     assert report["n_normal"] == sum(s.normal for s in test) and report["n_abnormal"] == 6
     assert 0.0 <= report["auroc"] <= 1.0 and report["seconds_per_image"] > 0
     assert report["params"]["steps"] == 2 and report["data"]["splits_scored"] == ["test"]
-    assert set(report["per_finding_auroc"]) <= {"Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"}
+    assert set(report["per_finding_auroc"]) <= {
+        "Cardiomegaly",
+        "Consolidation",
+        "Lung Lesion",
+        "Pleural Effusion",
+    }
     for name in report["plots"].values():
         with Image.open(out.parent / name) as im:
             assert im.format == "PNG" and im.size[0] > 100
     # a split without both classes is a clear error, not a crash
-    bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--layout", "mimic",
-                                   "--out", str(tmp_path / "x.json"), "--split", "train", "--quiet"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--layout",
+            "mimic",
+            "--out",
+            str(tmp_path / "x.json"),
+            "--split",
+            "train",
+            "--quiet",
+        ],
+    )
     assert bad.exit_code == 2 and "both normal and abnormal" in bad.output
