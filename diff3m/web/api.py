@@ -119,22 +119,25 @@ def _png(request: Request, study_uid: str, kind: str, max_px: int) -> Response:
             raise HTTPException(404, "the study has no stored image")
         if kind == "heatmap" and row is None:
             raise HTTPException(404, "the study has no result yet")
+        key = (kind, max_px, study.id, inst.id, row.id if row else None, str(row.created_at) if row else None)
+        etag = '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:24] + '"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=30"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        cached = _PNG_CACHE.peek(key)
+        if cached is not None:  # skip loading the anomaly map
+            return Response(cached, media_type="image/png", headers=headers)
         try:
             path = resolve(storage, inst.path)
             result = images.stored_result(row, storage) if row is not None and kind != "original" else None
         except (ValueError, images.ImageUnavailable) as err:
             raise HTTPException(404, str(err)) from None
-        key = (kind, max_px, study.id, inst.id, row.id if row else None, str(row.created_at) if row else None)
-    etag = '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:24] + '"'
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
     src = images.Source(path=path, result=result)
     try:
         png = _PNG_CACHE.get(key, lambda: images.render_png(src, kind, max_px))
     except images.ImageUnavailable as err:
         raise HTTPException(404, str(err)) from None
-    return Response(png, media_type="image/png",
-                    headers={"ETag": etag, "Cache-Control": "private, max-age=30"})
+    return Response(png, media_type="image/png", headers=headers)
 
 
 PNG: dict[int | str, dict[str, Any]] = {

@@ -178,6 +178,11 @@ class PngCache:
         self._size = size
         self._lock = threading.Lock()
 
+    def peek(self, key: tuple[object, ...]) -> bytes | None:
+        """The cached PNG for ``key``, or None."""
+        with self._lock:
+            return self._items.get(key)
+
     def get(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         """The cached PNG for ``key``, drawing it with ``make`` on a miss."""
         with self._lock:
