@@ -16,18 +16,26 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int = 2,
                on_shutdown: Callable[[], None] | None = None, preload_model: bool = True) -> None:
     """Consume ``queues`` until SIGTERM/SIGINT; in-flight tasks finish first (warm shutdown)."""
+    from diff3m.db.migrate import upgrade
+    from diff3m.web.readiness import mark_model_loaded, mark_model_unloaded
+
     app = configure(settings)
-    if preload_model and (queues is None or GPU_QUEUE in queues):
+    upgrade(settings.database.url)
+    serves_model = preload_model and (queues is None or GPU_QUEUE in queues)
+    if serves_model:
         from diff3m.pipeline.model_cache import scorer_for
 
         scorer = scorer_for(settings)
+        mark_model_loaded(settings.database.url, scorer.name, scorer.version, str(scorer.device))
         log.info("model loaded: %s %s (%s)", scorer.name, scorer.version, scorer.profile_name)
 
-    if on_shutdown is not None:
-        def _stop(**_: object) -> None:
+    def _stop(**_: object) -> None:
+        if on_shutdown is not None:
             on_shutdown()
+        if serves_model:
+            mark_model_unloaded(settings.database.url)
 
-        signals.worker_shutting_down.connect(_stop, weak=False)
+    signals.worker_shutting_down.connect(_stop, weak=False)
 
     worker = app.Worker(
         queues=queues or [DEFAULT_QUEUE, GPU_QUEUE],
