@@ -103,6 +103,9 @@ class Destination(_Section):
         return _check_ae(v)
 
 
+SendWhat = Literal["originals", "results"]
+
+
 class RoutingRule(_Section):
     """Send originals and/or results to a destination when conditions hold."""
 
@@ -112,7 +115,7 @@ class RoutingRule(_Section):
         description="tag conditions (Modality, CallingAE, BodyPartExamined, ...) and result "
         "conditions (abnormal = true, score_gte = x)",
     )
-    send: list[Literal["originals", "results"]] = Field(default_factory=lambda: ["results"])
+    send: list[SendWhat] = Field(default_factory=lambda: list[SendWhat](["results"]))
     to: str = Field(min_length=1)
 
     @field_validator("send", mode="before")
@@ -241,16 +244,16 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    node: NodeSettings = Field(default_factory=NodeSettings)
+    node: NodeSettings = Field(default_factory=lambda: NodeSettings())
     destinations: list[Destination] = Field(default_factory=list)
     routing: list[RoutingRule] = Field(default_factory=list)
-    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
-    fhir: FhirSettings = Field(default_factory=FhirSettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    queue: QueueSettings = Field(default_factory=QueueSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    triage: TriageSettings = Field(default_factory=TriageSettings)
-    web: WebSettings = Field(default_factory=WebSettings)
+    delivery: DeliverySettings = Field(default_factory=lambda: DeliverySettings())
+    fhir: FhirSettings = Field(default_factory=lambda: FhirSettings())
+    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings())
+    queue: QueueSettings = Field(default_factory=lambda: QueueSettings())
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    triage: TriageSettings = Field(default_factory=lambda: TriageSettings())
+    web: WebSettings = Field(default_factory=lambda: WebSettings())
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ from diff3m.db.models import (
 )
 from diff3m.db.session import session_scope
 from diff3m.node import storage
+from diff3m.node.outbox import Sender
 from diff3m.pipeline import state
 from diff3m.pipeline.sources import instance_bytes
 
@@ -84,7 +85,7 @@ def send_triage(settings: Settings, delivery: Delivery) -> None:
                     resource=outcome.resource_id, old=outcome.old_priority, new=outcome.new_priority)
 
 
-SENDERS = {
+SENDERS: dict[DeliveryKind, Sender] = {
     DeliveryKind.DICOM: send_dicom,
     DeliveryKind.FHIR_OBSERVATION: send_observation,
     DeliveryKind.FHIR_TRIAGE: send_triage,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -124,7 +125,7 @@ def _plan_originals(s: Session, settings: Settings, study: Study, inst: Instance
 
 
 def _enqueue(s: Session, settings: Settings, study: Study, kind: DeliveryKind, destination: str,
-             payload: dict[str, object], key: str) -> int:
+             payload: dict[str, Any], key: str) -> int:
     from diff3m.node.outbox import enqueue
 
     delivery = enqueue(s, kind=kind, destination=destination, payload=payload, dedup_key=key,

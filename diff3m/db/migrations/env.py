@@ -6,7 +6,7 @@ from diff3m.db.models import Base
 from diff3m.db.session import get_engine
 
 config = context.config
-url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+url = str(config.attributes.get("url") or config.get_main_option("sqlalchemy.url"))
 
 
 def run() -> None:
