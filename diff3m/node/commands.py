@@ -40,6 +40,19 @@ def _start_assembly(settings: Any) -> Any:
     return sweeper
 
 
+def _listener_process(settings: Any, ready: Any) -> None:
+    """Body of an extra listener process (``diff3m scp --processes N``)."""
+    from diff3m.node.scp import start_listener
+
+    listener = start_listener(settings, shared_port=True)
+    ready.set()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done.wait()
+    listener.stop()
+
+
 def register(app: typer.Typer) -> None:
     """Add the node's commands to the ``diff3m`` CLI."""
     app.add_typer(deliveries_app, name="deliveries")
@@ -48,15 +61,30 @@ def register(app: typer.Typer) -> None:
     def scp(
         config: ConfigOption = None,
         assembly: Annotated[bool, typer.Option(help="also complete quiet studies and enqueue them")] = True,
+        processes: Annotated[int, typer.Option(
+            min=1, max=64, help="listener processes sharing the port (SO_REUSEPORT)")] = 1,
     ) -> None:
         """Run the DICOM listener alone (scale-out), with study assembly."""
+        import multiprocessing
+
         from diff3m.db.migrate import upgrade
+        from diff3m.db.session import dispose_all
         from diff3m.node.scp import start_listener
 
         settings = settings_or_exit(config)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # per-message INFO lines cost CPU
         upgrade(settings.database.url)
-        listener = start_listener(settings)
+        # fork the extra listeners first: no thread, socket or pooled connection exists yet
+        dispose_all()
+        ctx = multiprocessing.get_context("fork")
+        ready = [ctx.Event() for _ in range(processes - 1)]
+        children = [ctx.Process(target=_listener_process, args=(settings, ev), daemon=True) for ev in ready]
+        for child in children:
+            child.start()
+        for ev in ready:
+            ev.wait(60)
+        listener = start_listener(settings, shared_port=processes > 1)
         loop = _start_assembly(settings) if assembly else None
         node = settings.node
         typer.echo(f"DICOM listener {node.ae_title} on {node.host}:{listener.port}"
@@ -66,6 +94,10 @@ def register(app: typer.Typer) -> None:
             signal.signal(sig, lambda *_: done.set())
         done.wait()
         listener.stop()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(20)
         if loop is not None:
             loop.stop()
 

@@ -235,18 +235,18 @@ def _commit_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
     ).rowcount == 1  # type: ignore[attr-defined]
     if not reopened:
         session.execute(update(Study).where(Study.id == study_id).values(last_instance_at=now))
-    inst = Instance(
-        study_id=study_id, sop_instance_uid=info.sop_instance_uid, series_uid=info.series_uid,
-        sop_class_uid=info.sop_class_uid, transfer_syntax=info.transfer_syntax, path=relpath, size=size,
-        view_position=info.view_position, frontal=info.frontal, calling_aet=calling_aet, received_at=now,
-    )
-    session.add(inst)
-    session.flush()
+    instance_id = session.execute(
+        Instance.__table__.insert().returning(Instance.__table__.c.id),  # type: ignore[attr-defined]
+        {"study_id": study_id, "sop_instance_uid": info.sop_instance_uid, "series_uid": info.series_uid,
+         "sop_class_uid": info.sop_class_uid, "transfer_syntax": info.transfer_syntax, "path": relpath,
+         "size": size, "view_position": info.view_position, "frontal": info.frontal,
+         "calling_aet": calling_aet, "received_at": now},
+    ).scalar_one()
     if reopened:
         session.add(AuditEvent(kind="study_reopened", study_id=study_id,
                                detail={"sop_instance_uid": info.sop_instance_uid}))
     session.commit()
-    return inst.id, study_id, reopened
+    return instance_id, study_id, reopened
 
 
 def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data: bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class _NodeServer(ThreadedAssociationServer):
 
     policy: AssociationPolicy
 
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if getattr(self, "reuse_port", False):  # several listener processes share the port
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     def get_request(self) -> tuple[Any, Any]:
         assert self.socket is not None
         client_socket, address = self.socket.accept()
@@ -90,6 +97,10 @@ class _NodeServer(ThreadedAssociationServer):
                 log.info("TLS handshake with %s failed: %s", client_address[0], type(err).__name__)
                 return
         super().finish_request(request, client_address)
+
+
+class _SharedPortServer(_NodeServer):
+    reuse_port = True
 
 
 def make_ae(settings: Settings) -> AE:
@@ -128,8 +139,13 @@ class Listener:
         self.thread.join(10)
 
 
-def start_listener(settings: Settings, db_url: str | None = None, port: int | None = None) -> Listener:
-    """Start the C-ECHO/C-STORE listener in background threads and return it."""
+def start_listener(settings: Settings, db_url: str | None = None, port: int | None = None,
+                   shared_port: bool = False) -> Listener:
+    """Start the C-ECHO/C-STORE listener in background threads and return it.
+
+    ``shared_port``: bind with SO_REUSEPORT so several listener processes share the port (the
+    kernel spreads associations over them; ``max_associations`` then applies per process).
+    """
     node = settings.node
     url = db_url or settings.database.url
     storage.clean_temp(node.storage_dir)
@@ -141,7 +157,7 @@ def start_listener(settings: Settings, db_url: str | None = None, port: int | No
     address = (node.host, node.port if port is None else port)
     server = cast(_NodeServer, ae.make_server(
         address, ae_title=node.ae_title, ssl_context=server_context(node), evt_handlers=handlers_list,
-        server_class=_NodeServer, request_handler=_PolicyRequestHandler,
+        server_class=_SharedPortServer if shared_port else _NodeServer, request_handler=_PolicyRequestHandler,
     ))
     server.policy = AssociationPolicy.from_settings(node)
     ae._servers.append(server)  # so that server.shutdown() finds it
