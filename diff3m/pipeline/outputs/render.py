@@ -28,6 +28,7 @@ COLORMAP = "jet"
 ALPHA_MAX = 0.6  # opacity of the hottest overlay pixels
 ALPHA_FLOOR = 0.25  # normalised map values below this stay fully transparent
 ROI_COLOUR = (255, 255, 255)
+STRENGTH_MIN = 0.2  # overlay opacity factor for a score far below the threshold
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,17 @@ def _burn_text(img: Image.Image, lines: list[str]) -> None:
         y += box[3] - box[1] + pad
 
 
+def overlay_strength(result: ScoreResult) -> float:
+    """How strongly to paint the map: full at or above the threshold, faint well below it.
+
+    The map is normalised per image, so without this a normal study's noise would look as hot as
+    a finding; scaling opacity by score / threshold keeps normal studies quiet.
+    """
+    if result.threshold <= 0:
+        return 1.0
+    return float(np.clip(result.score / result.threshold, STRENGTH_MIN, 1.0))
+
+
 def render_overlay(source: Dataset, result: ScoreResult, max_side: int = MAX_SIDE) -> Overlay:
     """The source image (8-bit display) with the anomaly map in colour, ROI box and caption."""
     gray = display_gray(source)
@@ -184,7 +196,8 @@ def render_overlay(source: Dataset, result: ScoreResult, max_side: int = MAX_SID
     if scale < 1.0:
         size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
         gray, norm = _resize(gray, size), _resize(norm, size)
-    alpha = ALPHA_MAX * np.clip((norm - ALPHA_FLOOR) / (1.0 - ALPHA_FLOOR), 0.0, 1.0)
+    ramp = np.clip((norm - ALPHA_FLOOR) / (1.0 - ALPHA_FLOOR), 0.0, 1.0)
+    alpha = overlay_strength(result) * ALPHA_MAX * ramp
     colour = _lut()[np.round(norm * 255).astype(np.intp)]
     rgb = gray[..., None] * (1.0 - alpha[..., None]) + colour * alpha[..., None]
     img = Image.fromarray(np.round(rgb * 255).clip(0, 255).astype(np.uint8), mode="RGB")
