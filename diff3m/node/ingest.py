@@ -10,13 +10,14 @@ import logging
 import struct
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -25,6 +26,7 @@ from diff3m.config import Settings
 from diff3m.db.models import AuditEvent, Instance, Study, StudyStatus, utcnow
 from diff3m.db.session import session_factory
 from diff3m.node import storage
+from diff3m.node.group_commit import GroupCommitter, committer_for
 from diff3m.node.syntaxes import DEFLATED, IMPLICIT_LE, SUPPORTED_TRANSFER_SYNTAXES
 from diff3m.node.views import classify
 
@@ -209,16 +211,19 @@ def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> None
         session.execute(sqlite.insert(table).values(**values).on_conflict_do_nothing())
 
 
+_EXISTING = select(Instance.id, Instance.study_id, Instance.path).where(
+    Instance.sop_instance_uid == bindparam("sop_uid")
+)
+
+
 def _existing(session: Session, sop_uid: str) -> tuple[int, int, str] | None:
-    row = session.execute(
-        select(Instance.id, Instance.study_id, Instance.path).where(Instance.sop_instance_uid == sop_uid)
-    ).first()
+    row = session.connection().execute(_EXISTING, {"sop_uid": sop_uid}).first()
     return (row[0], row[1], row[2]) if row else None
 
 
-def _commit_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
-                 calling_aet: str | None, now: datetime) -> tuple[int, int, bool]:
-    """Upsert the study, add the instance, re-open a completed study; commit. Returns ids + reopened."""
+def _write_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
+                calling_aet: str | None, now: datetime) -> tuple[int, int, bool]:
+    """Upsert the study, add the instance, re-open a completed study (no commit). Returns ids + reopened."""
     _insert_ignore(session, Study.__table__, {
         "study_uid": info.study_uid, "patient_id": info.patient_id,
         "issuer_of_patient_id": info.issuer_of_patient_id, "accession_number": info.accession_number,
@@ -245,8 +250,16 @@ def _commit_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
     if reopened:
         session.add(AuditEvent(kind="study_reopened", study_id=study_id,
                                detail={"sop_instance_uid": info.sop_instance_uid}))
-    session.commit()
+        session.flush()
     return instance_id, study_id, reopened
+
+
+def _commit_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
+                 calling_aet: str | None, now: datetime) -> tuple[int, int, bool]:
+    """Write the rows of one instance and commit them on ``session``."""
+    result = _write_rows(session, info, relpath, size, calling_aet, now)
+    session.commit()
+    return result
 
 
 def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data: bytes,
@@ -265,8 +278,10 @@ def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data:
     session = (session_factory(session_or_url or settings.database.url)() if own  # type: ignore[arg-type]
                else session_or_url)
     assert isinstance(session, Session)
+    # Rows of instances received concurrently share one commit when ingest owns the session.
+    committer = committer_for(str(session_or_url or settings.database.url), _write_rows) if own else None
     try:
-        return _store(settings, session, info, data, calling_aet)
+        return _store(settings, session, info, data, calling_aet, committer)
     finally:
         if own:
             session.close()
@@ -278,7 +293,7 @@ def _outcome(info: InstanceInfo, status: int, **kw: Any) -> IngestOutcome:
 
 
 def _store(settings: Settings, session: Session, info: InstanceInfo, data: bytes,
-           calling_aet: str | None) -> IngestOutcome:
+           calling_aet: str | None, committer: GroupCommitter | None = None) -> IngestOutcome:
     try:
         found = _existing(session, info.sop_instance_uid)
     except SQLAlchemyError as err:
@@ -297,8 +312,8 @@ def _store(settings: Settings, session: Session, info: InstanceInfo, data: bytes
         log.error("cannot write %s: %s", info.sop_instance_uid, err.strerror or type(err).__name__)
         return _outcome(info, OUT_OF_RESOURCES, error="cannot write to storage")
     try:
-        instance_id, study_id, reopened = _commit_rows(session, info, relpath, len(data), calling_aet,
-                                                       utcnow())
+        commit = committer.commit if committer is not None else partial(_commit_rows, session)
+        instance_id, study_id, reopened = commit(info, relpath, len(data), calling_aet, utcnow())
     except IntegrityError:  # a concurrent association stored the same SOP Instance first
         session.rollback()
         found = _existing(session, info.sop_instance_uid)
