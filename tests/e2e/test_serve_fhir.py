@@ -31,7 +31,8 @@ def test_serve_with_fhir(tmp_path, orthanc, fhir_server, tiny_checkpoint):
     values = ehr.get("values", ehr)
     assert values["bmi"] is not None and values["systolic"] is not None, ehr
     observations = fhir_server.search("Observation?code=https://diff3m.org/fhir/CodeSystem/diff3m|anomaly-score")
-    ours = [o for o in observations if any(i.get("system") == "urn:dicom:uid" for i in o.get("identifier", []))]
+    ours = [o for o in observations
+            if any(i.get("system") == "urn:dicom:uid" for i in o.get("identifier", []))]
     assert len(ours) == 1 and ours[0]["interpretation"][0]["coding"][0]["code"] == "A"
     requests = fhir_server.search("ServiceRequest?identifier=ACC0001")
     assert requests and requests[0]["priority"] == "urgent"
