@@ -1,0 +1,1 @@
+"""Benchmarks: model inference against the published recipe, DICOM ingest, end-to-end turnaround."""
