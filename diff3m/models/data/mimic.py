@@ -198,7 +198,9 @@ def load_mimic(
     """Frontal (AP/PA) images of MIMIC-CXR-JPG with MIMIC-IV EHR; ``split`` filters the official split."""
     root = Path(root)
     report = LoadReport("mimic")
-    splits = {r["dicom_id"].strip(): r["split"].strip() for r in rows(root / SPLIT_CSV) if r.get("dicom_id")}
+    splits = {
+        (r.get("dicom_id") or "").strip(): (r.get("split") or "").strip() for r in rows(root / SPLIT_CSV)
+    }
     labels = _labels(root, report)
     meta = []
     for row in rows(root / METADATA_CSV):

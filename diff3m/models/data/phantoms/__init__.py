@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from diff3m.models.data.phantoms.anatomy import load_anatomy
@@ -85,9 +86,14 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     cases = make_cases(n_normal, n_abnormal, seed, fractions)
     rows = []
-    for case in tqdm(cases, desc="phantoms", unit="img", disable=not progress):
-        write_image(out, case, render(case, size, seed).image)
-        rows.append(study_rows(case, seed, size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one image is a small job: extra threads only spin on a shared CPU
+    try:
+        for case in tqdm(cases, desc="phantoms", unit="img", disable=not progress):
+            write_image(out, case, render(case, size, seed).image)
+            rows.append(study_rows(case, seed, size))
+    finally:
+        torch.set_num_threads(threads)
     write_tables(out, rows)
     manifest = {
         "generator": "diff3m phantoms",
