@@ -196,6 +196,9 @@ class QueueSettings(_Section):
     """The task queue; the embedded default is a durable local SQLite transport."""
 
     broker_url: str = "sqla+sqlite:///var/queue.sqlite"
+    requeue_after_seconds: float = Field(
+        120.0, gt=0, description="the sweeper re-enqueues unfinished work untouched this long (lost messages)"
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -112,14 +112,21 @@ def prepare_dicom(ds: Dataset) -> PreparedImage:
     except Exception as err:  # decoder missing, truncated data, ...
         raise PreprocessError(f"cannot decode pixel data: {err}") from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
+    if arr.ndim == (4 if samples > 1 else 3):  # several frames (declared or inferred): the first
         arr = arr[0]
+    if arr.ndim != (3 if samples > 1 else 2) or arr.size == 0:
+        raise PreprocessError(f"unexpected pixel array shape {arr.shape} for {samples} sample(s) per pixel")
     if samples > 1:
-        grey = _minmax(_luminance(arr, ds))
+        try:
+            grey = _minmax(_luminance(arr, ds))
+        except (ValueError, TypeError, IndexError) as err:  # samples/photometric that do not match
+            raise PreprocessError(f"cannot convert colour pixel data: {err}") from err
         return PreparedImage(grey.astype(np.float32), pixel_spacing(ds), "dicom")
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    try:
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    except Exception:  # malformed rescale / modality LUT values: the stored values, windowed below
+        values = np.asarray(arr, dtype=np.float64)
     out: np.ndarray | None = None
     if "VOILUTSequence" in ds:
         try:

@@ -96,6 +96,6 @@ def serve(settings: Settings, concurrency: int = 2) -> None:
     print(banner, flush=True)
     log.info(banner)
     try:
-        run_worker(settings, concurrency=concurrency, on_shutdown=node.stop)
+        run_worker(settings, concurrency=concurrency, on_shutdown=node.stop, recover=False)
     finally:
         node.stop()

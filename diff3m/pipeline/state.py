@@ -54,6 +54,17 @@ def claim(session: Session, study_id: int, revision: int, statuses: tuple[StudyS
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def release_own_claim(session: Session, study_id: int) -> bool:
+    """Drop a claim on the study held by this process (a stage of ours raised after claiming)."""
+    prefix = worker_id().rsplit(":", 1)[0] + ":"
+    result = session.execute(
+        update(Study).where(Study.id == study_id, Study.claimed_by.startswith(prefix, autoescape=True))
+        .values(claimed_by=None, claimed_at=None).execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def advance(session: Session, study: Study, to: StudyStatus, stage: str | None = None,
             seconds: float | None = None) -> None:
     """Move a study to its next status, drop its claim and record the stage's duration."""

@@ -18,6 +18,7 @@ from diff3m.config import Settings
 from diff3m.db.models import Delivery, DeliveryStatus, Study, StudyStatus, utcnow
 from diff3m.db.session import session_scope
 from diff3m.pipeline import state
+from diff3m.pipeline.celery_app import configure
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,14 @@ log = logging.getLogger(__name__)
 class Sweeper:
     """Periodic pass over the database that enqueues unfinished work."""
 
-    def __init__(self, settings: Settings, interval: float = 1.0, requeue_after: float = 120.0) -> None:
+    def __init__(self, settings: Settings, interval: float = 1.0, requeue_after: float | None = None) -> None:
         self.settings = settings
         self.interval = interval
-        self.requeue_after = requeue_after
+        self.requeue_after = settings.queue.requeue_after_seconds if requeue_after is None else requeue_after
         self._sent: dict[tuple[str, int, int], float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        configure(settings)  # `diff3m scp` has no worker that would point the Celery app at the broker
 
     # -- one pass ---------------------------------------------------------------------------
 

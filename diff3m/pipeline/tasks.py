@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery import Task
 
-from diff3m.pipeline import stages
+from diff3m.db.session import session_scope
+from diff3m.pipeline import stages, state
 from diff3m.pipeline.celery_app import app, current_settings
 
 log = logging.getLogger(__name__)
@@ -27,23 +30,45 @@ def enqueue_next(nxt: stages.Next | None) -> None:
         deliver.delay(delivery_id)
 
 
+@contextmanager
+def _claim_released_on_error(task: Task, study_id: int) -> Iterator[None]:
+    """A stage that raises after claiming (database or broker gone mid-stage) must not keep its claim
+    for the whole lease: drop it on the way out, and again on a retry (the first drop may have failed)."""
+    url = current_settings().database.url
+    if task.request.retries:
+        with session_scope(url) as s:
+            state.release_own_claim(s, study_id)
+    try:
+        yield
+    except Exception:
+        try:
+            with session_scope(url) as s:
+                state.release_own_claim(s, study_id)
+        except Exception:  # still unreachable: the retry drops it
+            log.warning("could not release the claim on study id %d yet", study_id)
+        raise
+
+
 @app.task(bind=True, name="diff3m.pipeline.tasks.fetch_ehr", **RETRY)
 def fetch_ehr(self: Task, study_id: int, revision: int) -> None:
     """Stage 1: the study's EHR snapshot (and forwarding of originals)."""
-    enqueue_next(stages.fetch_ehr(current_settings(), study_id, revision))
+    with _claim_released_on_error(self, study_id):
+        enqueue_next(stages.fetch_ehr(current_settings(), study_id, revision))
 
 
 @app.task(bind=True, name="diff3m.pipeline.tasks.infer", **RETRY)
 def infer(self: Task, study_id: int, revision: int) -> None:
     """Stage 2 (queue "gpu"): score this study and others waiting, in one batch."""
-    for nxt in stages.infer(current_settings(), study_id, revision):
-        enqueue_next(nxt)
+    with _claim_released_on_error(self, study_id):
+        for nxt in stages.infer(current_settings(), study_id, revision):
+            enqueue_next(nxt)
 
 
 @app.task(bind=True, name="diff3m.pipeline.tasks.build_outputs", **RETRY)
 def build_outputs(self: Task, study_id: int, revision: int) -> None:
     """Stage 3: SR + heatmap SC, then the deliveries they need."""
-    enqueue_next(stages.build_outputs(current_settings(), study_id, revision))
+    with _claim_released_on_error(self, study_id):
+        enqueue_next(stages.build_outputs(current_settings(), study_id, revision))
 
 
 @app.task(bind=True, name="diff3m.pipeline.tasks.deliver", max_retries=0)

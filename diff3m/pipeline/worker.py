@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int = 2,
-               on_shutdown: Callable[[], None] | None = None, preload_model: bool = True) -> None:
+               on_shutdown: Callable[[], None] | None = None, preload_model: bool = True,
+               recover: bool = True) -> None:
     """Consume ``queues`` until SIGTERM/SIGINT; in-flight tasks finish first (warm shutdown)."""
     from diff3m.db.migrate import upgrade
     from diff3m.web.readiness import mark_model_loaded, mark_model_unloaded
@@ -36,6 +37,8 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
             mark_model_unloaded(settings.database.url)
 
     signals.worker_shutting_down.connect(_stop, weak=False)
+    if recover:  # `serve` runs its own sweeper, whose startup does the same
+        _recover(settings)
 
     worker = app.Worker(
         queues=queues or [DEFAULT_QUEUE, GPU_QUEUE],
@@ -48,3 +51,13 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
         optimization="fair",
     )
     worker.start()
+
+
+def _recover(settings: Settings) -> None:
+    """After a crash (kill -9, OOM) of a worker on this host: free its claims, enqueue unfinished work."""
+    from diff3m.pipeline.sweeper import Sweeper
+
+    try:
+        Sweeper(settings).startup()
+    except Exception:  # the scp's sweeper re-enqueues later; never keep the worker from starting
+        log.exception("startup recovery failed")
