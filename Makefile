@@ -38,5 +38,9 @@ lint: install
 bench: install test-tools
 	$(BIN)/diff3m bench all
 
+# Reproduce builtin:demo: phantoms -> two-stage training -> threshold calibrated on validation normals
+demo-weights: install
+	$(BIN)/python scripts/train_demo.py
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
