@@ -105,3 +105,38 @@ def cpu_options_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     _emit(res, cpu_options.markdown(res), as_json, record, "CPU options")
+
+
+@bench_app.command("e2e")
+def e2e_command(
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="checkpoint dir or builtin:demo")
+    ] = "builtin:demo",
+    single: Annotated[int, typer.Option("--single", help="studies sent one at a time (turnaround)")] = 3,
+    queued: Annotated[int, typer.Option("--queued", help="studies queued at once per batch size")] = 20,
+    batch_size: Annotated[
+        list[int] | None, typer.Option("--batch-size", help="model batch sizes to compare (repeatable)")
+    ] = None,
+    rows: Annotated[int, typer.Option("--rows", help="image rows")] = 2048,
+    cols: Annotated[int, typer.Option("--cols", help="image columns")] = 1792,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    as_json: JsonOption = False,
+    record: RecordOption = False,
+) -> None:
+    """Turnaround from study complete to SR at the PACS; studies/min with studies queued, per batch size."""
+    from diff3m.bench import e2e
+
+    try:
+        res = e2e.run(
+            checkpoint,
+            single=single,
+            queued=queued,
+            batch_sizes=tuple(batch_size or (1, 4, 8)),
+            rows=rows,
+            cols=cols,
+            device=device,
+        )
+    except (RuntimeError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    _emit(res, e2e.markdown(res), as_json, record, "End to end")
