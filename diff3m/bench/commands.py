@@ -140,3 +140,23 @@ def e2e_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     _emit(res, e2e.markdown(res), as_json, record, "End to end")
+
+
+@bench_app.command("ingest")
+def ingest_command(
+    images: Annotated[int, typer.Option("--images", help="DX 512x512x16 images in one study")] = 200,
+    assocs: Annotated[int, typer.Option("--assocs", help="concurrent storescu associations")] = 8,
+    rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds over the receivers")] = 2,
+    processes: Annotated[int, typer.Option("--processes", help="listener processes of the node")] = 2,
+    as_json: JsonOption = False,
+    record: RecordOption = False,
+) -> None:
+    """Images/s of the node vs storescp --fork vs Orthanc (same images, same run) and the node's ratios."""
+    from diff3m.bench import ingest
+
+    try:
+        res = ingest.run(images=images, associations=assocs, rounds=rounds, processes=processes)
+    except (RuntimeError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    _emit(res, ingest.markdown(res), as_json, record, "Ingest")
