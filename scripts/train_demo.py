@@ -1,8 +1,8 @@
 """Reproduce the ``builtin:demo`` weights: phantoms -> two-stage training -> threshold from validation.
 
-Usage (what ``make demo-weights`` runs; about 15-25 minutes on a 2-core CPU):
+Usage (what ``make demo-weights`` runs; about 15-20 minutes on the shared 2-core CPU):
 
-    python scripts/train_demo.py [--out diff3m/models/weights/demo] [--no-ehr] [--steps 800]
+    python scripts/train_demo.py [--out diff3m/models/weights/demo] [--no-ehr] [--steps 500]
 
 1. ``diff3m phantoms`` (800 normal + 300 abnormal, 64 px, seed 0, split 0.65/0.10/0.25) into var/phantoms-demo
    unless it is already there;
@@ -43,7 +43,8 @@ DEMO_CPU = Profile(
     lr=5e-4,
     ema_decay=0.995,
 )
-STEPS = 800
+STEPS = 500  # 400 image-only DDPM steps + 100 PCM + IECA steps (CPU budget; see docs/model-card.md)
+STAGE1_STEPS = 400
 
 
 def ensure_phantoms(root: Path = PHANTOMS) -> Path:
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("diff3m/models/weights/demo"))
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--stage1-steps", type=int, default=STAGE1_STEPS, help="image-only DDPM steps")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--no-ehr", action="store_true", help="image-only ablation (same budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--calibration", type=int, default=60, help="validation normals for the threshold")
@@ -76,11 +79,11 @@ def main() -> None:
         steps=args.steps,
         use_ehr=not args.no_ehr,
         seed=0,
-        stage1_steps=args.steps // 2,
+        stage1_steps=args.stage1_steps,
         device="cpu",
         calibration_images=args.calibration,
         progress=not args.quiet,
-        resume=False,
+        resume=args.resume,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     (out / "train_state.pt").unlink(missing_ok=True)
@@ -89,6 +92,7 @@ def main() -> None:
         "phantoms": {**PHANTOM_ARGS, "fractions": list(FRACTIONS)},
         "profile": DEMO_CPU.to_dict(),
         "steps": args.steps,
+        "stage1_steps": args.stage1_steps,
         "use_ehr": not args.no_ehr,
         "wall_seconds": round(time.time() - started, 1),
         "machine": f"{platform.machine()} "
