@@ -127,6 +127,8 @@ def prepare_dicom(ds: Dataset) -> PreparedImage:
         values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     except Exception:  # malformed rescale / modality LUT values: the stored values, windowed below
         values = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(values).all():  # NaN / infinite rescale values
+        values = np.asarray(arr, dtype=np.float64)
     out: np.ndarray | None = None
     if "VOILUTSequence" in ds:
         try:
