@@ -10,6 +10,7 @@ Optionally both are scored on a labelled phantom set to compare their AUROC on t
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -232,7 +233,8 @@ def run(
 
     if images < 1 or batch_size < 1 or rounds < 1 or recipe_steps < 1:
         raise ValueError("images, batch size, rounds and recipe steps must be at least 1")
-    if threads:
+    if threads:  # the scorer takes its CPU threads from this variable
+        os.environ["DIFF3M_CPU_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     scorer = Diff3MScorer.load(checkpoint, device=device)
     machine = machine_info(str(scorer.device))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,19 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_threads() -> int:
+    """Torch threads for CPU scoring: ``DIFF3M_CPU_THREADS`` if set, else 1 on machines of up to 4 cores.
+
+    Measured in bench/RESULTS.md ("CPU options", "Inference"): on a busy 2-core machine torch's default
+    (one spinning OpenMP thread per core) made a demo pass 4-20x slower than one thread.
+    """
+    value = os.environ.get("DIFF3M_CPU_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,8 @@ class Diff3MScorer:
         self.loaded = loaded
         self.config = loaded.config
         self.device = device
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_threads())
         self.network = loaded.network.to(device).eval()
         self.schedule = DiffusionSchedule(self.config.schedule, device)
 
