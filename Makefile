@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+RELIABILITY_ROUNDS ?= 0
 
-.PHONY: install run test test-fast lint bench test-tools clean demo-weights
+.PHONY: install run test test-fast test-reliability lint bench test-tools clean demo-weights
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ test-tools:
 
 test: install test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Faults, load, bad input, security (part of `make test` too). RELIABILITY_ROUNDS=10 for the full counts.
+test-reliability: install test-tools
+	DIFF3M_RELIABILITY_ROUNDS=$(RELIABILITY_ROUNDS) $(BIN)/python -m pytest -q tests/reliability $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ import resource
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ N_BYTES = int(6000 * SCALE)
 N_STRUCT = int(800 * SCALE)
 N_PREP = int(2900 * SCALE)
 N_NET = int(300 * SCALE)
-FAST = {"deadline": None, "derandomize": False, "database": None,
+FAST: dict[str, Any] = {"deadline": None, "derandomize": False, "database": None,
         "suppress_health_check": list(HealthCheck)}
 
 BASE_DS = make_dataset(rows=16, cols=16, bits=12, view_position="PA", study_uid="1.2.3.4",
@@ -201,12 +202,14 @@ def _raw(ds: Dataset, keyword: str, text: str) -> None:
     """Put ``text`` in as the undecoded value, as dcmread leaves a malformed value from a file."""
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataelem import RawDataElement
+    from pydicom.tag import BaseTag
 
-    tag = tag_for_keyword(keyword)
-    assert tag is not None
+    found = tag_for_keyword(keyword)
+    assert found is not None
+    tag = BaseTag(found)
     value = text.encode("latin-1", "replace")
     value += b" " * (len(value) % 2)
-    ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)  # type: ignore[index]
+    ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
 
 
 @st.composite
@@ -273,7 +276,7 @@ def test_fuzz_over_the_network(tmp_path: Path, sqlite_url: str) -> None:
                              database={"url": sqlite_url})
     listener = start_listener(settings)
     r = random.Random(int(os.environ.get("DIFF3M_RELIABILITY_SEED", "7")))
-    statuses: dict[int, int] = {}
+    statuses: dict[int, set[int]] = {}
     ae = AE(ae_title="FUZZER")
     ae.add_requested_context(DigitalXRayImageStorageForPresentation, ["1.2.840.10008.1.2.1"])
     try:
@@ -294,7 +297,7 @@ def test_fuzz_over_the_network(tmp_path: Path, sqlite_url: str) -> None:
                 ds.StudyInstanceUID = "1." * 40  # longer than 64
             status = assoc.send_c_store(ds)
             assert "Status" in status, "no answer: the association died"
-            statuses[mutation] = statuses.get(mutation, set()) | {int(status.Status)}  # type: ignore[assignment]
+            statuses.setdefault(mutation, set()).add(int(status.Status))
         assoc.release()
     finally:
         ae.shutdown()

@@ -83,6 +83,7 @@ def _wait_status(nodes: NodeProcs, study_uid: str, wanted: str, timeout: float =
     pytest.fail(f"study {study_uid} not {wanted} after {timeout}s (is {_status(nodes, study_uid)})")
 
 
+@pytest.mark.timeout(300 + 30 * rounds(3))
 def test_kill9_scp_during_ingest_loses_nothing_acknowledged(scp: NodeProcs) -> None:
     r = rng()
     n = rounds(3)

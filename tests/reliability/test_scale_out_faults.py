@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pydicom
 import pytest
@@ -157,6 +158,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str,
             services.drop_database(direct_url)
 
 
+@pytest.mark.timeout(300 + 90 * rounds(2))
 def test_worker_kill9_during_inference(cluster: Cluster) -> None:
     r = rng()
     n = rounds(2)
@@ -262,9 +264,11 @@ def test_broken_fhir_gives_flagged_image_only_results(cluster: Cluster, mode: st
     assert ehr["available"] is False and ehr["reason"], ehr
     cluster.assert_one_sr_one_sc(uid)
     # the SR says the result is image-only, and why
+    def tags(oid: str) -> dict[str, Any]:
+        return cast(dict[str, Any], cluster.orthanc.get(f"/instances/{oid}/simplified-tags"))
+
     sr_id = next(o for o in cluster.orthanc.instances()
-                 if cluster.orthanc.get(f"/instances/{o}/simplified-tags")["StudyInstanceUID"] == uid
-                 and cluster.orthanc.get(f"/instances/{o}/simplified-tags")["SOPClassUID"] == SR_CLASS)
+                 if tags(o)["StudyInstanceUID"] == uid and tags(o)["SOPClassUID"] == SR_CLASS)
     text = str(cluster.orthanc.get(f"/instances/{sr_id}/tags?simplify"))
     assert "EHR unavailable" in text and ehr["reason"][:40] in text, text[:2000]
 
