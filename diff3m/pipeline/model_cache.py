@@ -28,3 +28,9 @@ def scorer_for(settings: Settings) -> Diff3MScorer:
 def loaded() -> bool:
     """True once this process has a model in memory."""
     return bool(_CACHE)
+
+
+def clear() -> None:
+    """Forget loaded models (tests; a worker switching checkpoints)."""
+    with _LOCK:
+        _CACHE.clear()

@@ -27,6 +27,9 @@ def seeded(settings: Settings) -> dict[int, Seeded]:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """A TestClient on the app (no token: loopback)."""
+    """A TestClient on the app (no token: loopback); no model loaded in this process."""
+    from diff3m.pipeline.model_cache import clear
+
+    clear()  # another test may have scored in this process; readiness must not see its model
     with TestClient(create_app(settings)) as c:
         yield c
