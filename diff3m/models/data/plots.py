@@ -58,7 +58,7 @@ def montage(path: Path, highest: list[MontageCase], lowest: list[MontageCase]) -
     """Two rows per group (image, image + anomaly map) for the highest and the lowest scored cases."""
     groups = [("highest", highest), ("lowest", lowest)]
     cols = max(1, len(highest), len(lowest))
-    fig, axes = plt.subplots(4, cols, figsize=(1.8 * cols, 8.0), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(4, cols, figsize=(1.8 * cols, 8.0), dpi=80, squeeze=False)
     vmax = max([float(np.percentile(c.anomaly_map, 99.5)) for _, g in groups for c in g] + [1e-6])
     for g, (name, cases) in enumerate(groups):
         for j in range(cols):
