@@ -20,7 +20,7 @@ def test_builtin_demo_loads_and_scores() -> None:
     path = resolve("builtin:demo")
     assert sum(p.stat().st_size for p in path.iterdir()) < 50 * 1024 * 1024
     config = json.loads((path / "config.json").read_text())
-    assert config["extra"]["calibration"]["source"] == "held-out normals"  # the validation split
+    assert config["extra"]["calibration"]["source"] == "validation normals"
     recipe = json.loads((path / "recipe.json").read_text())
     assert recipe["script"] == "scripts/train_demo.py" and recipe["use_ehr"] is True
     scorer = Diff3MScorer.load("builtin:demo", device="cpu")
