@@ -22,16 +22,16 @@ PYEOF
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null || echo "(no nvidia-smi)"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 } | tee "$OUT/env.txt"
-if [ "${QUICK:-0}" = 1 ]; then RECIPE_STEPS=2; IMAGES=2; ROUNDS=1; else RECIPE_STEPS=399; IMAGES=64; ROUNDS=3; fi
+if [ "${QUICK:-0}" = 1 ]; then RECIPE_STEPS=2; IMAGES=2; ROUNDS=1; REPEATS=1; else RECIPE_STEPS=399; IMAGES=64; ROUNDS=3; REPEATS=3; fi
 # 1. default (batched) vs the published recipe, same weights
 "$PY" -m diff3m bench inference --checkpoint "$CKPT" --device "$DEVICE" --images "$IMAGES" --batch-size "$IMAGES" \
   --rounds "$ROUNDS" --recipe-steps "$RECIPE_STEPS" --json | tee "$OUT/inference.txt"
 tail -n 1 "$OUT/inference.txt" > "$OUT/inference.json"
 # 2. batch-size sweep, eager then compiled
-"$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" | tee "$OUT/sweep_eager.txt"
+"$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" --repeats "$REPEATS" | tee "$OUT/sweep_eager.txt"
 tail -n 1 "$OUT/sweep_eager.txt" > "$OUT/sweep_eager.json"
 if [ "$DEVICE" != cpu ]; then
-  "$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" --compile \
+  "$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" --repeats "$REPEATS" --compile \
     | tee "$OUT/sweep_compiled.txt" || echo "torch.compile sweep failed (eager numbers stand)" >&2
   [ -f "$OUT/sweep_compiled.txt" ] && tail -n 1 "$OUT/sweep_compiled.txt" > "$OUT/sweep_compiled.json"
 fi
