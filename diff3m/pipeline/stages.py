@@ -149,9 +149,12 @@ def infer(settings: Settings, study_id: int, revision: int) -> list[Next]:
             .limit(settings.model.batch_size * 2)
         ).all()
         candidates = [(study_id, revision)] + [(r[0], r[1]) for r in waiting]
-        claimed = [(i, r) for i, r in candidates
-                   if state.claim(s, i, r, (StudyStatus.INFERRING,), LEASE["infer"])]
-        claimed = claimed[: settings.model.batch_size]
+        claimed: list[tuple[int, int]] = []
+        for i, r in candidates:  # claim only what this batch will score: a claim is a promise
+            if len(claimed) >= settings.model.batch_size:
+                break
+            if state.claim(s, i, r, (StudyStatus.INFERRING,), LEASE["infer"]):
+                claimed.append((i, r))
         if not claimed:
             return []
         scorer = scorer_for(settings)

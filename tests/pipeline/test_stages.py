@@ -127,3 +127,19 @@ def test_study_without_frontal_is_skipped(settings):
     assert complete_quiet_studies(settings.database.url, 0) == []
     with session_scope(settings.database.url) as s:
         assert s.scalar(select(Study.status)) == StudyStatus.SKIPPED
+
+
+def test_infer_claims_only_what_the_batch_scores(settings):
+    small = settings.model_copy(update={"model": settings.model.model_copy(update={"batch_size": 2})})
+    for i in range(3):
+        _receive(small, generate_uid(), seed=20 + i)
+    ids = complete_quiet_studies(small.database.url, 0)
+    for sid in ids:
+        assert stages.fetch_ehr(small, sid, 0) is not None
+    first = stages.infer(small, ids[0], 0)
+    assert len(first) == 2
+    with session_scope(small.database.url) as s:
+        waiting = s.scalars(select(Study).where(Study.status == StudyStatus.INFERRING)).all()
+        assert len(waiting) == 1 and waiting[0].claimed_by is None  # not held by a batch that skipped it
+        left = waiting[0].id
+    assert [n.study_id for n in stages.infer(small, left, 0)] == [left]
