@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from sqlalchemy import select
@@ -111,3 +112,39 @@ def deliver_due(settings: Settings, limit: int = 20) -> int:
 def deliver_one(settings: Settings, delivery_id: int) -> None:
     """Task entry: the named entry is due, so run the due entries (it among them)."""
     deliver_due(settings)
+
+
+class DeliveryLoop:
+    """Sends due outbox entries from a thread of its own, so results never wait behind inference.
+
+    ``serve`` runs one: its Celery pool is shared by every stage, and a delivery task queued behind
+    a batch of inferences would hold a finished SR back from the PACS for the whole burst. Claims
+    in the outbox make this loop and the deliver tasks safe to run side by side.
+    """
+
+    def __init__(self, settings: Settings, interval: float = 0.5) -> None:
+        self.settings = settings
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_forever(self) -> None:
+        """Deliver what is due every ``interval`` seconds until stopped; errors are logged."""
+        while not self._stop.wait(self.interval):
+            try:
+                while deliver_due(self.settings) and not self._stop.is_set():
+                    pass
+            except Exception:
+                log.exception("delivery pass failed; retrying")
+
+    def start(self) -> threading.Thread:
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run_forever, name="diff3m-delivery", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        """End the loop after the current pass."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

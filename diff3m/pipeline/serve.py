@@ -55,6 +55,7 @@ class Node:
     def start_side_parts(self, web: bool = True) -> None:
         """Bind the DICOM listener, the web app, and start the sweeper."""
         from diff3m.node.scp import start_listener
+        from diff3m.pipeline.delivery import DeliveryLoop
         from diff3m.pipeline.sweeper import Sweeper
 
         listener = start_listener(self.settings)
@@ -66,6 +67,9 @@ class Node:
         sweeper = Sweeper(self.settings)
         sweeper.start()
         self.parts.append(sweeper)
+        deliveries = DeliveryLoop(self.settings)
+        deliveries.start()
+        self.parts.append(deliveries)
 
     def stop(self) -> None:
         """Stop accepting first (listener, web), then the sweeper; in-flight tasks finish in Celery."""
