@@ -40,8 +40,11 @@ lint: install
 	$(BIN)/ruff check diff3m tests bench
 	$(BIN)/mypy
 
+# The benchmarks, each appending its result (with the machine) to bench/RESULTS.md
 bench: install test-tools
-	$(BIN)/diff3m bench all
+	$(BIN)/diff3m bench inference --checkpoint builtin:demo --record
+	$(BIN)/diff3m bench ingest --record
+	$(BIN)/diff3m bench e2e --checkpoint builtin:demo --record
 
 # Reproduce builtin:demo: phantoms -> two-stage training -> threshold calibrated on validation normals
 demo-weights: install
