@@ -73,9 +73,9 @@ class Cluster:
     worker_storage: Path
     sent: list[str]
 
-    def start_worker(self) -> None:
+    def start_worker(self, **env: str) -> None:
         """`diff3m worker` with its own storage root (it fetches sources through WADO-RS)."""
-        self.nodes.start("worker", env={"DIFF3M_NODE__STORAGE_DIR": str(self.worker_storage)})
+        self.nodes.start("worker", env={"DIFF3M_NODE__STORAGE_DIR": str(self.worker_storage), **env})
 
     def datasets(self, n: int = 1, rows: int = 64) -> list[Dataset]:
         """``n`` frontal images of one new study of the distinctive patient."""
@@ -163,6 +163,10 @@ def test_worker_kill9_during_inference(cluster: Cluster) -> None:
     r = rng()
     n = rounds(2)
     in_inference = 0
+    # a long inference (many DDIM steps) so the random kill moment falls inside it on a fast machine too
+    slow = {"DIFF3M_MODEL__NOISE_LEVEL": "400", "DIFF3M_MODEL__STEPS": "150"}
+    cluster.nodes.kill9("worker")
+    cluster.start_worker(**slow)
     for _ in range(n):
         uid = cluster.send_study()
 
@@ -177,10 +181,12 @@ def test_worker_kill9_during_inference(cluster: Cluster) -> None:
         assert st is not None
         if st.status == "inferring" and not st.has_result:
             in_inference += 1
-        cluster.start_worker()
+        cluster.start_worker(**slow)
     for uid in cluster.sent[-n:]:
         cluster.wait_done(uid)
         cluster.assert_one_sr_one_sc(uid)
+    cluster.nodes.kill9("worker")  # the tests after this one get the usual fast worker
+    cluster.start_worker()
     print(f"worker kill -9: {n} rounds, {in_inference} while inferring; all done, one SR + one SC each")
     assert in_inference >= 1, "no kill landed during inference: the window is too short to test anything"
 
