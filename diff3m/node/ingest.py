@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from diff3m.config import Settings
 from diff3m.db.models import AuditEvent, Instance, Study, StudyStatus, utcnow
 from diff3m.db.session import session_factory
-from diff3m.node import storage
+from diff3m.node import rawscan, storage
 from diff3m.node.group_commit import GroupCommitter, committer_for
 from diff3m.node.syntaxes import DEFLATED, IMPLICIT_LE, SUPPORTED_TRANSFER_SYNTAXES
 from diff3m.node.views import classify
@@ -99,7 +99,7 @@ class IngestOutcome:
         return self.status == SUCCESS
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+def _text(ds: Any, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -107,7 +107,7 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     return text[:limit] or None
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: Any, keyword: str) -> str:
     value = ds.get(keyword)
     text = str(value).strip().strip("\x00").strip() if value is not None else ""
     if not text:
@@ -119,7 +119,7 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return text
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+def _int(ds: Any, keyword: str, default: int | None = None) -> int:
     value = ds.get(keyword, default)
     try:
         if value is None or value == "":
@@ -129,7 +129,7 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
         raise IngestError(DATASET_MISMATCH, f"missing or invalid {keyword}") from None
 
 
-def _check_pixels(data: bytes, pos: int, ts: str, ds: Dataset) -> None:
+def _check_pixels(data: bytes, pos: int, ts: str, ds: Any) -> None:
     """Pixel Data must be present, complete and large enough for Rows x Columns x frames."""
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     bits, spp = _int(ds, "BitsAllocated"), _int(ds, "SamplesPerPixel", 1)
@@ -160,18 +160,28 @@ def _check_pixels(data: bytes, pos: int, ts: str, ds: Dataset) -> None:
         raise IngestError(DATASET_MISMATCH, "Pixel Data shorter than Rows x Columns x BitsAllocated")
 
 
-def parse(data: bytes, allowed_sop_classes: list[str] | None = None) -> InstanceInfo:
-    """Read the tags ingest needs from a Part-10 byte string; raise IngestError when unusable."""
-    fp = BytesIO(data)
-    try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=NEEDED_TAGS)
-        pos = fp.tell()
-        meta = ds.file_meta
-        ts = str(meta.TransferSyntaxUID).strip("\x00 ")
-    except IngestError:
-        raise
-    except Exception as err:  # pydicom raises many kinds on garbage input
-        raise IngestError(CANNOT_UNDERSTAND, f"cannot parse DICOM: {type(err).__name__}") from None
+def parse(data: bytes, allowed_sop_classes: list[str] | None = None, *,
+          fast: bool = True) -> InstanceInfo:
+    """Read the tags ingest needs from a Part-10 byte string; raise IngestError when unusable.
+
+    ``fast``: try the raw tag scanner first (``rawscan.scan``); pydicom parses whatever it declines.
+    """
+    scanned = rawscan.scan(data) if fast else None
+    ds: Any
+    meta: Any
+    if scanned is not None:
+        ds, meta, ts, pos = scanned.values, scanned.meta, scanned.transfer_syntax, scanned.pixel_pos
+    else:
+        fp = BytesIO(data)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=NEEDED_TAGS)
+            pos = fp.tell()
+            meta = ds.file_meta
+            ts = str(meta.TransferSyntaxUID).strip("\x00 ")
+        except IngestError:
+            raise
+        except Exception as err:  # pydicom raises many kinds on garbage input
+            raise IngestError(CANNOT_UNDERSTAND, f"cannot parse DICOM: {type(err).__name__}") from None
     if ts not in SUPPORTED_TRANSFER_SYNTAXES:
         raise IngestError(TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {ts[:64]} not supported")
     try:
