@@ -1,9 +1,15 @@
 """Group commit: one writer thread commits the rows of concurrently received instances together.
 
-Every C-STORE handler thread has already fsynced its file; it hands the row to the committer and
-waits. The writer takes everything waiting (up to ``max_batch``), writes the rows in one
-transaction and commits once, so N concurrent associations pay for one database fsync instead of
-N. Success is still answered only after the commit that holds the instance's row.
+Every C-STORE handler thread has already written and fsynced its temp file; it hands the job to
+the committer and waits. The writer takes everything waiting (up to ``max_batch``) and calls the
+batch writer once inside one transaction, then commits once, so N concurrent associations pay for
+one database fsync (and, in ingest, one folder fsync) instead of N. Success is still answered only
+after the commit that holds the instance's row.
+
+The batch writer works with SQLAlchemy Core on a plain connection (no ORM session on this path)
+and gets every waiting job at once: ingest looks the SOP Instance UIDs up with one query, moves
+the new files into place, upserts each study once and inserts the instance rows with one
+multi-row statement. A batch that fails is retried job by job, so one bad job fails alone.
 """
 
 from __future__ import annotations
@@ -13,52 +19,48 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from diff3m.db.session import session_factory
+from diff3m.db.session import get_engine
 
 log = logging.getLogger(__name__)
 
-RowWriter = Callable[[Session, Any, str, int, "str | None", datetime], tuple[int, int, bool]]
+# Does the work of the jobs on the connection (inside its transaction, no commit) and returns
+# one result per job, in order.
+BatchWriter = Callable[[Connection, list[Any]], list[Any]]
 
 
 @dataclass
-class _Job:
-    info: Any  # ingest.InstanceInfo
-    relpath: str
-    size: int
-    calling_aet: str | None
-    now: datetime
+class _Pending:
+    job: Any
     done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[int, int, bool] | None = None
+    result: Any = None
+    finished: bool = False
     error: BaseException | None = None
 
 
 class GroupCommitter:
-    """Batches row writes of one process into shared transactions (one per database URL)."""
+    """Batches the writes of one process into shared transactions (one committer per database URL)."""
 
-    def __init__(self, db_url: str, write_rows: RowWriter, max_batch: int = 64) -> None:
-        self._factory = session_factory(db_url)
-        self._write_rows = write_rows
+    def __init__(self, db_url: str, write_batch: BatchWriter, max_batch: int = 64) -> None:
+        self._engine = get_engine(db_url)
+        self._write_batch = write_batch
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="diff3m-group-commit", daemon=True)
         self._thread.start()
 
-    def commit(self, info: Any, relpath: str, size: int, calling_aet: str | None,
-               now: datetime) -> tuple[int, int, bool]:
-        """Write and commit one instance's rows; blocks until committed; raises what the commit raised."""
-        job = _Job(info, relpath, size, calling_aet, now)
-        self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+    def commit(self, job: Any) -> Any:
+        """Write and commit one job; blocks until committed; returns its result or raises its error."""
+        pending = _Pending(job)
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
 
     def _run(self) -> None:
         while True:
@@ -72,43 +74,38 @@ class GroupCommitter:
                 self._commit_batch(batch)
             except BaseException as err:  # never leave a handler waiting
                 log.exception("group commit failed")
-                for job in batch:
-                    if job.result is None and job.error is None:
-                        job.error = err
+                for p in batch:
+                    if not p.finished and p.error is None:
+                        p.error = err
             finally:
-                for job in batch:
-                    job.done.set()
+                for p in batch:
+                    p.done.set()
 
-    def _commit_batch(self, batch: list[_Job]) -> None:
-        session = self._factory()
+    def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
-            results = [self._write_rows(session, j.info, j.relpath, j.size, j.calling_aet, j.now)
-                       for j in batch]
-            session.commit()
-            for job, result in zip(batch, results, strict=True):
-                job.result = result
+            with self._engine.begin() as conn:  # commits on success, rolls back on error
+                results = self._write_batch(conn, [p.job for p in batch])
+            for p, result in zip(batch, results, strict=True):
+                p.result, p.finished = result, True
             return
-        except SQLAlchemyError as err:
-            session.rollback()
+        except (SQLAlchemyError, OSError) as err:
             if len(batch) == 1:
                 batch[0].error = err
                 return
             if not isinstance(err, IntegrityError):
                 log.warning("batched commit of %d failed (%s); committing one by one", len(batch),
                             type(err).__name__)
-        finally:
-            session.close()
-        for job in batch:  # one of them conflicted (e.g. another process stored it): isolate it
-            self._commit_batch([job])
+        for p in batch:  # one of them conflicted (e.g. another process stored it): isolate it
+            self._commit_batch([p])
 
 
 _LOCK = threading.Lock()
 _COMMITTERS: dict[str, GroupCommitter] = {}
 
 
-def committer_for(db_url: str, write_rows: RowWriter) -> GroupCommitter:
+def committer_for(db_url: str, write_batch: BatchWriter) -> GroupCommitter:
     """The process's committer for ``db_url``, started on first use."""
     with _LOCK:
         if db_url not in _COMMITTERS:
-            _COMMITTERS[db_url] = GroupCommitter(db_url, write_rows)
+            _COMMITTERS[db_url] = GroupCommitter(db_url, write_batch)
         return _COMMITTERS[db_url]

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from diff3m.config import Settings
 from diff3m.db.models import AuditEvent, Instance, Study, StudyStatus, utcnow
-from diff3m.db.session import session_factory
+from diff3m.db.session import get_engine
 from diff3m.node import rawscan, storage
-from diff3m.node.group_commit import GroupCommitter, committer_for
+from diff3m.node.group_commit import committer_for
 from diff3m.node.syntaxes import DEFLATED, IMPLICIT_LE, SUPPORTED_TRANSFER_SYNTAXES
 from diff3m.node.views import classify
 
@@ -213,61 +214,143 @@ def parse(data: bytes, allowed_sop_classes: list[str] | None = None, *,
         raise IngestError(CANNOT_UNDERSTAND, f"cannot read attributes: {type(err).__name__}") from None
 
 
-def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> None:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(postgresql.insert(table).values(**values).on_conflict_do_nothing())
-    else:
-        session.execute(sqlite.insert(table).values(**values).on_conflict_do_nothing())
-
-
-_EXISTING = select(Instance.id, Instance.study_id, Instance.path).where(
-    Instance.sop_instance_uid == bindparam("sop_uid")
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_AUDIT = cast(Table, AuditEvent.__table__)
+# Built once: SQLAlchemy caches their compiled form, so the hot path only binds parameters.
+_EXISTING = select(_INSTANCES.c.id, _INSTANCES.c.study_id, _INSTANCES.c.path).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("sop_uid")
 )
+_EXISTING_MANY = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.id, _INSTANCES.c.study_id,
+                        _INSTANCES.c.path).where(
+    _INSTANCES.c.sop_instance_uid.in_(bindparam("sop_uids", expanding=True))
+)
+_STUDY_INSERT = {
+    "postgresql": postgresql.insert(_STUDIES).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(_STUDIES).on_conflict_do_nothing(),
+}
+_STUDY_ID = select(_STUDIES.c.id).where(_STUDIES.c.study_uid == bindparam("study_uid"))
+_REOPEN = (
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("sid"), _STUDIES.c.status != StudyStatus.RECEIVING)
+    .values(status=StudyStatus.RECEIVING, revision=_STUDIES.c.revision + 1,
+            last_instance_at=bindparam("t_now"), completed_at=None, attempts=0, error=None)
+)
+_TOUCH = update(_STUDIES).where(_STUDIES.c.id == bindparam("sid")).values(
+    last_instance_at=bindparam("t_now"))
+_INSTANCE_INSERT = _INSTANCES.insert().returning(_INSTANCES.c.id, sort_by_parameter_order=True)
+_AUDIT_INSERT = _AUDIT.insert()
 
 
-def _existing(session: Session, sop_uid: str) -> tuple[int, int, str] | None:
-    row = session.connection().execute(_EXISTING, {"sop_uid": sop_uid}).first()
+@dataclass(frozen=True)
+class _Job:
+    """One received instance whose file is written and fsynced in ``storage_dir/tmp``."""
+
+    info: InstanceInfo
+    storage_dir: Path
+    tmp: Path
+    relpath: str
+    size: int
+    calling_aet: str | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class _Stored:
+    instance_id: int
+    study_id: int
+    path: str
+    duplicate: bool = False
+    reopened: bool = False
+
+
+def _existing(conn: Connection, sop_uid: str) -> tuple[int, int, str] | None:
+    row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
     return (row[0], row[1], row[2]) if row else None
 
 
-def _write_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
-                calling_aet: str | None, now: datetime) -> tuple[int, int, bool]:
-    """Upsert the study, add the instance, re-open a completed study (no commit). Returns ids + reopened."""
-    _insert_ignore(session, Study.__table__, {
-        "study_uid": info.study_uid, "patient_id": info.patient_id,
-        "issuer_of_patient_id": info.issuer_of_patient_id, "accession_number": info.accession_number,
-        "study_date": info.study_date, "modality": info.modality, "calling_aet": calling_aet,
-        "status": StudyStatus.RECEIVING.value, "revision": 0, "priority": "routine", "attempts": 0,
-        "timings": {}, "last_instance_at": now, "created_at": now, "updated_at": now,
-    })
-    study_id = session.scalar(select(Study.id).where(Study.study_uid == info.study_uid))
-    assert study_id is not None
-    reopened = session.execute(
-        update(Study).where(Study.id == study_id, Study.status != StudyStatus.RECEIVING)
-        .values(status=StudyStatus.RECEIVING, revision=Study.revision + 1, last_instance_at=now,
-                completed_at=None, attempts=0, error=None)
-    ).rowcount == 1  # type: ignore[attr-defined]
-    if not reopened:
-        session.execute(update(Study).where(Study.id == study_id).values(last_instance_at=now))
-    instance_id = session.execute(
-        Instance.__table__.insert().returning(Instance.__table__.c.id),  # type: ignore[attr-defined]
-        {"study_id": study_id, "sop_instance_uid": info.sop_instance_uid, "series_uid": info.series_uid,
-         "sop_class_uid": info.sop_class_uid, "transfer_syntax": info.transfer_syntax, "path": relpath,
-         "size": size, "view_position": info.view_position, "frontal": info.frontal,
-         "calling_aet": calling_aet, "received_at": now},
-    ).scalar_one()
-    if reopened:
-        session.add(AuditEvent(kind="study_reopened", study_id=study_id,
-                               detail={"sop_instance_uid": info.sop_instance_uid}))
-        session.flush()
-    return instance_id, study_id, reopened
+def _existing_on(engine: Engine, sop_uid: str) -> tuple[int, int, str] | None:
+    with engine.connect() as conn:
+        return _existing(conn, sop_uid)
 
 
-def _commit_rows(session: Session, info: InstanceInfo, relpath: str, size: int,
-                 calling_aet: str | None, now: datetime) -> tuple[int, int, bool]:
-    """Write the rows of one instance and commit them on ``session``."""
-    result = _write_rows(session, info, relpath, size, calling_aet, now)
+def _write_studies(conn: Connection, jobs: list[_Job]) -> dict[str, tuple[int, int]]:
+    """Upsert each study of ``jobs`` once and re-open completed ones: study UID -> (id, re-opening job)."""
+    insert_study = _STUDY_INSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    studies: dict[str, tuple[int, int]] = {}
+    for index, job in enumerate(jobs):
+        info = job.info
+        if info.study_uid in studies:
+            continue
+        now = max(j.now for j in jobs if j.info.study_uid == info.study_uid)
+        conn.execute(insert_study, {
+            "study_uid": info.study_uid, "patient_id": info.patient_id,
+            "issuer_of_patient_id": info.issuer_of_patient_id, "accession_number": info.accession_number,
+            "study_date": info.study_date, "modality": info.modality, "calling_aet": job.calling_aet,
+            "status": StudyStatus.RECEIVING.value, "revision": 0, "priority": "routine", "attempts": 0,
+            "timings": {}, "last_instance_at": now, "created_at": now, "updated_at": now,
+        })
+        study_id = conn.execute(_STUDY_ID, {"study_uid": info.study_uid}).scalar_one()
+        reopened = conn.execute(_REOPEN, {"sid": study_id, "t_now": now}).rowcount == 1
+        if reopened:
+            conn.execute(_AUDIT_INSERT, {"kind": "study_reopened", "study_id": study_id,
+                                         "detail": {"sop_instance_uid": info.sop_instance_uid}})
+        else:
+            conn.execute(_TOUCH, {"sid": study_id, "t_now": now})
+        studies[info.study_uid] = (study_id, index if reopened else -1)
+    return studies
+
+
+def _write_batch(conn: Connection, jobs: list[_Job]) -> list[_Stored]:
+    """Store a batch inside the connection's transaction (the caller commits).
+
+    One query finds the SOP Instance UIDs already stored (those jobs are duplicates: the first copy
+    is kept); the new files are renamed into place and each folder is fsynced once; then each
+    study is upserted once (a completed study is re-opened, counted for the first of its instances
+    in the batch, as one by one) and the instance rows go in with one multi-row insert. The same
+    SOP Instance twice in one batch is stored once, the later job answered as a duplicate.
+    """
+    uids = [j.info.sop_instance_uid for j in jobs]
+    found = {row[0]: (row[1], row[2], row[3]) for row in conn.execute(_EXISTING_MANY, {"sop_uids": uids})}
+    first: dict[str, int] = {}
+    new: list[int] = []
+    for i, uid in enumerate(uids):
+        if uid not in found and uid not in first:
+            first[uid] = i
+            new.append(i)
+    finals = [storage.place(jobs[i].storage_dir, jobs[i].tmp, jobs[i].relpath) for i in new]
+    storage.fsync_dirs(f.parent for f in finals)
+    stored: dict[int, _Stored] = {}
+    if new:
+        fresh = [jobs[i] for i in new]
+        studies = _write_studies(conn, fresh)
+        rows = [
+            {"study_id": studies[j.info.study_uid][0], "sop_instance_uid": j.info.sop_instance_uid,
+             "series_uid": j.info.series_uid, "sop_class_uid": j.info.sop_class_uid,
+             "transfer_syntax": j.info.transfer_syntax, "path": j.relpath, "size": j.size,
+             "view_position": j.info.view_position, "frontal": j.info.frontal, "calling_aet": j.calling_aet,
+             "received_at": j.now}
+            for j in fresh
+        ]
+        ids = [row[0] for row in conn.execute(_INSTANCE_INSERT, rows)]
+        for k, (i, job) in enumerate(zip(new, fresh, strict=True)):
+            study_id, reopener = studies[job.info.study_uid]
+            stored[i] = _Stored(ids[k], study_id, job.relpath, reopened=reopener == k)
+    out = []
+    for i, uid in enumerate(uids):
+        if uid in found:
+            out.append(_Stored(*found[uid], duplicate=True))
+        elif first[uid] != i:
+            same = stored[first[uid]]
+            out.append(_Stored(same.instance_id, same.study_id, same.path, duplicate=True))
+        else:
+            out.append(stored[i])
+    return out
+
+
+def _commit_in_session(session: Session, job: _Job) -> _Stored:
+    """Store one job and commit on ``session``."""
+    (result,) = _write_batch(session.connection(), [job])
     session.commit()
     return result
 
@@ -277,24 +360,22 @@ def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data:
     """Store one Part-10 object durably and record it; never raises for bad input.
 
     ``session_or_url``: an open Session (committed here), a database URL, or None for
-    ``settings.database.url``.
+    ``settings.database.url``. With a URL the instances received concurrently share one
+    transaction, one commit and one folder fsync (``group_commit``).
     """
     try:
         info = parse(data, settings.node.sop_classes if check_sop_class else None)
     except IngestError as err:
         log.warning("rejected object from %s: status 0x%04X %s", calling_aet, err.status, err.comment)
         return IngestOutcome(status=err.status, error=err.comment)
-    own = not isinstance(session_or_url, Session)
-    session = (session_factory(session_or_url or settings.database.url)() if own  # type: ignore[arg-type]
-               else session_or_url)
-    assert isinstance(session, Session)
-    # Rows of instances received concurrently share one commit when ingest owns the session.
-    committer = committer_for(str(session_or_url or settings.database.url), _write_rows) if own else None
-    try:
-        return _store(settings, session, info, data, calling_aet, committer)
-    finally:
-        if own:
-            session.close()
+    if isinstance(session_or_url, Session):
+        session = session_or_url
+        return _store(settings, info, data, calling_aet, partial(_commit_in_session, session),
+                      lambda uid: _existing(session.connection(), uid), session.rollback)
+    url = session_or_url or settings.database.url
+    engine = get_engine(url)
+    return _store(settings, info, data, calling_aet, committer_for(url, _write_batch).commit,
+                  partial(_existing_on, engine), lambda: None)
 
 
 def _outcome(info: InstanceInfo, status: int, **kw: Any) -> IngestOutcome:
@@ -302,46 +383,45 @@ def _outcome(info: InstanceInfo, status: int, **kw: Any) -> IngestOutcome:
                          series_uid=info.series_uid, sop_class_uid=info.sop_class_uid, **kw)
 
 
-def _store(settings: Settings, session: Session, info: InstanceInfo, data: bytes,
-           calling_aet: str | None, committer: GroupCommitter | None = None) -> IngestOutcome:
-    try:
-        found = _existing(session, info.sop_instance_uid)
-    except SQLAlchemyError as err:
-        session.rollback()
-        log.error("database unavailable for %s: %s", info.sop_instance_uid, type(err).__name__)
-        return _outcome(info, OUT_OF_RESOURCES, error="database unavailable")
-    if found:
-        log.info("duplicate %s (already stored)", info.sop_instance_uid)
-        return _outcome(info, SUCCESS, instance_id=found[0], study_id=found[1], path=found[2],
-                             duplicate=True)
-    relpath = storage.instance_relpath(info.study_uid, info.series_uid, info.sop_instance_uid)
+def _store(settings: Settings, info: InstanceInfo, data: bytes, calling_aet: str | None,
+           commit: Callable[[_Job], _Stored], lookup: Callable[[str], tuple[int, int, str] | None],
+           rollback: Callable[[], None]) -> IngestOutcome:
+    """Write + fsync the temp file here (in parallel across associations), then hand it to ``commit``."""
     storage_dir = Path(settings.node.storage_dir)
+    relpath = storage.instance_relpath(info.study_uid, info.series_uid, info.sop_instance_uid)
     try:
-        final = storage.write_durable(storage_dir, relpath, data)
+        tmp = storage.write_temp(storage_dir, data)
     except OSError as err:
         log.error("cannot write %s: %s", info.sop_instance_uid, err.strerror or type(err).__name__)
         return _outcome(info, OUT_OF_RESOURCES, error="cannot write to storage")
     try:
-        commit = committer.commit if committer is not None else partial(_commit_rows, session)
-        instance_id, study_id, reopened = commit(info, relpath, len(data), calling_aet, utcnow())
-    except IntegrityError:  # a concurrent association stored the same SOP Instance first
-        session.rollback()
-        found = _existing(session, info.sop_instance_uid)
-        if found:
+        done = commit(_Job(info, storage_dir, tmp, relpath, len(data), calling_aet, utcnow()))
+    except (SQLAlchemyError, OSError) as err:
+        rollback()
+        try:  # stored meanwhile (a concurrent association or process stored the same SOP Instance)?
+            found = lookup(info.sop_instance_uid)
+        except SQLAlchemyError:
+            found = None
+        if found and isinstance(err, IntegrityError):
             return _outcome(info, SUCCESS, instance_id=found[0], study_id=found[1], path=found[2],
-                                 duplicate=True)
-        storage.remove_quietly(final)
-        return _outcome(info, OUT_OF_RESOURCES, error="database constraint failure")
-    except SQLAlchemyError as err:
-        session.rollback()
-        storage.remove_quietly(final)
+                            duplicate=True)
+        if not found:  # nothing refers to the file: undo the write
+            storage.remove_quietly(storage.inside(storage_dir, relpath))
+        if isinstance(err, OSError):
+            log.error("cannot store %s: %s", info.sop_instance_uid, err.strerror or type(err).__name__)
+            return _outcome(info, OUT_OF_RESOURCES, error="cannot write to storage")
         log.error("database commit failed for %s: %s", info.sop_instance_uid, type(err).__name__)
-        return _outcome(info, OUT_OF_RESOURCES, error="database unavailable")
-    if reopened:
+        error = "database constraint failure" if isinstance(err, IntegrityError) else "database unavailable"
+        return _outcome(info, OUT_OF_RESOURCES, error=error)
+    finally:
+        storage.remove_quietly(tmp)  # gone when moved into place; a duplicate's copy is dropped here
+    if done.duplicate:
+        log.info("duplicate %s (already stored)", info.sop_instance_uid)
+    elif done.reopened:
         log.info("late instance %s re-opened study %s", info.sop_instance_uid, info.study_uid)
     log.debug("stored %s in study %s", info.sop_instance_uid, info.study_uid)
-    return _outcome(info, SUCCESS, instance_id=instance_id, study_id=study_id, path=relpath,
-                         reopened=reopened)
+    return _outcome(info, SUCCESS, instance_id=done.instance_id, study_id=done.study_id, path=done.path,
+                    duplicate=done.duplicate, reopened=done.reopened)
 
 
 def read_dataset(settings: Settings, relpath: str) -> Dataset:

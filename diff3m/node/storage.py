@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import os
 import re
 import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -41,7 +43,24 @@ def resolve(storage_dir: Path, relpath: str) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
+@functools.lru_cache(maxsize=16)
+def _real_root(storage_dir: str) -> str:
+    return os.path.realpath(storage_dir)
+
+
+def inside(storage_dir: Path, relpath: str) -> Path:
+    """``relpath`` under ``storage_dir``, checked lexically (no file-system calls but a cached one).
+
+    For paths the node builds itself (``instance_relpath``); ``resolve`` also follows symlinks.
+    """
+    root = _real_root(str(storage_dir))
+    path = os.path.normpath(os.path.join(root, relpath))
+    if os.path.isabs(relpath) or not path.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"path escapes storage_dir: {relpath!r}")
+    return Path(path)
+
+
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -51,6 +70,8 @@ def _fsync_dir(path: Path) -> None:
 
 def _makedirs_durable(path: Path) -> None:
     """Create ``path`` and parents; fsync the parent of each directory created."""
+    if os.path.isdir(path):  # the usual case: one stat call
+        return
     missing = []
     p = path
     while not p.exists():
@@ -64,31 +85,71 @@ def _makedirs_durable(path: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def write_durable(storage_dir: Path, relpath: str, data: bytes) -> Path:
-    """Write ``data`` to a temp file, fsync, rename to ``relpath``, fsync the folder; returns the path."""
-    final = resolve(storage_dir, relpath)
+_TEMP_SEQ = itertools.count()
+
+
+def write_temp(storage_dir: Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to a new file in ``storage_dir/tmp`` and fsync it; returns its path.
+
+    The name is unique without a retry loop (process id + a process-wide counter, O_EXCL).
+    """
     tmp_dir = Path(storage_dir) / "tmp"
     _makedirs_durable(tmp_dir)
-    _makedirs_durable(final.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="in-", suffix=".part")
+    tmp_name = os.path.join(tmp_dir, f"in-{os.getpid()}-{next(_TEMP_SEQ)}.part")
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, final)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        os.close(fd)
+        remove_quietly(Path(tmp_name))
+        raise
+    os.close(fd)
+    return Path(tmp_name)
+
+
+def place(storage_dir: Path, tmp: Path, relpath: str) -> Path:
+    """Rename the fsynced temp file ``tmp`` to ``relpath`` (folders created durably); returns the path.
+
+    ``relpath`` is checked lexically (``inside``): pass paths built by ``instance_relpath``.
+    The folder itself is not fsynced here: call ``fsync_dirs`` on the parents before relying on it.
+    A ``tmp`` already moved (a retried batch) with the final file in place is accepted.
+    """
+    final = inside(storage_dir, relpath)
+    _makedirs_durable(final.parent)
+    try:
+        os.replace(tmp, final)
+    except FileNotFoundError:
+        if not final.is_file():
+            raise
+    return final
+
+
+def fsync_dirs(dirs: Iterable[Path]) -> None:
+    """fsync each folder once (after renames into them)."""
+    for d in set(dirs):
+        _fsync_dir(d)
+
+
+def write_durable(storage_dir: Path, relpath: str, data: bytes) -> Path:
+    """Write ``data`` to a temp file, fsync, rename to ``relpath``, fsync the folder; returns the path."""
+    resolve(storage_dir, relpath)  # refuse a bad path before writing anything
+    tmp = write_temp(storage_dir, data)
+    try:
+        final = place(storage_dir, tmp, relpath)
+    except BaseException:
+        remove_quietly(tmp)
         raise
     _fsync_dir(final.parent)
     return final
 
 
-def remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path | None) -> None:
     """Delete a file if present (used to undo a write whose DB commit failed)."""
+    if path is None:
+        return
     try:
         os.unlink(path)
     except FileNotFoundError:
