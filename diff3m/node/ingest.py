@@ -130,7 +130,7 @@ def _int(ds: Any, keyword: str, default: int | None = None) -> int:
         raise IngestError(DATASET_MISMATCH, f"missing or invalid {keyword}") from None
 
 
-def _check_pixels(data: bytes, pos: int, ts: str, ds: Any) -> None:
+def _check_pixels(data: bytes | bytearray, pos: int, ts: str, ds: Any) -> None:
     """Pixel Data must be present, complete and large enough for Rows x Columns x frames."""
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     bits, spp = _int(ds, "BitsAllocated"), _int(ds, "SamplesPerPixel", 1)
@@ -161,7 +161,7 @@ def _check_pixels(data: bytes, pos: int, ts: str, ds: Any) -> None:
         raise IngestError(DATASET_MISMATCH, "Pixel Data shorter than Rows x Columns x BitsAllocated")
 
 
-def parse(data: bytes, allowed_sop_classes: list[str] | None = None, *,
+def parse(data: bytes | bytearray, allowed_sop_classes: list[str] | None = None, *,
           fast: bool = True) -> InstanceInfo:
     """Read the tags ingest needs from a Part-10 byte string; raise IngestError when unusable.
 
@@ -355,7 +355,7 @@ def _commit_in_session(session: Session, job: _Job) -> _Stored:
     return result
 
 
-def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data: bytes,
+def ingest_bytes(settings: Settings, session_or_url: Session | str | None, data: bytes | bytearray,
                  calling_aet: str | None = None, check_sop_class: bool = True) -> IngestOutcome:
     """Store one Part-10 object durably and record it; never raises for bad input.
 
@@ -383,7 +383,7 @@ def _outcome(info: InstanceInfo, status: int, **kw: Any) -> IngestOutcome:
                          series_uid=info.series_uid, sop_class_uid=info.sop_class_uid, **kw)
 
 
-def _store(settings: Settings, info: InstanceInfo, data: bytes, calling_aet: str | None,
+def _store(settings: Settings, info: InstanceInfo, data: bytes | bytearray, calling_aet: str | None,
            commit: Callable[[_Job], _Stored], lookup: Callable[[str], tuple[int, int, str] | None],
            rollback: Callable[[], None]) -> IngestOutcome:
     """Write + fsync the temp file here (in parallel across associations), then hand it to ``commit``."""

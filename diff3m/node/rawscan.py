@@ -102,7 +102,7 @@ def _convert(raw: bytes, vr: str) -> Any:
 
 
 class _Reader:
-    def __init__(self, data: bytes | memoryview, implicit: bool) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, implicit: bool) -> None:
         self.data = data
         self.end = len(data)
         self.implicit = implicit
@@ -214,7 +214,7 @@ def _dictionary_vr(tag: int) -> str:
         return ""
 
 
-def _meta(data: bytes | memoryview) -> tuple[dict[str, str], int]:
+def _meta(data: bytes | bytearray | memoryview) -> tuple[dict[str, str], int]:
     if len(data) < 144 or bytes(data[128:132]) != b"DICM":
         raise _Fallback
     reader = _Reader(data, implicit=False)
@@ -239,7 +239,7 @@ def _meta(data: bytes | memoryview) -> tuple[dict[str, str], int]:
     return meta, pos
 
 
-def scan(data: bytes | memoryview) -> Scan | None:
+def scan(data: bytes | bytearray | memoryview) -> Scan | None:
     """The needed values of a Part-10 object, or None when pydicom must parse it instead."""
     try:
         meta, pos = _meta(data)

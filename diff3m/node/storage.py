@@ -88,7 +88,7 @@ def _makedirs_durable(path: Path) -> None:
 _TEMP_SEQ = itertools.count()
 
 
-def write_temp(storage_dir: Path, data: bytes | memoryview) -> Path:
+def write_temp(storage_dir: Path, data: bytes | bytearray | memoryview) -> Path:
     """Write ``data`` to a new file in ``storage_dir/tmp`` and fsync it; returns its path.
 
     The name is unique without a retry loop (process id + a process-wide counter, O_EXCL).
