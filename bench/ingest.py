@@ -78,7 +78,7 @@ def send_all(port: int, aec: str, groups: list[Path]) -> float:
 
 @contextmanager
 def diff3m_node(tmp: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
-    """``diff3m scp --processes N`` (SQLite WAL, synchronous=FULL, fsync per file + folder)."""
+    """``diff3m scp --processes N`` (SQLite WAL, synchronous=FULL, fsync per file, folder fsync per batch)."""
     port = free_port()
     db = f"sqlite:///{tmp / 'node.sqlite'}"
     cfg = tmp / "node.toml"
@@ -145,7 +145,7 @@ def orthanc(tmp: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
         proc.wait(30)
 
 
-PROCESSES = 2
+PROCESSES = 1
 
 TARGETS = {"diff3m node": diff3m_node, "storescp --fork": storescp, "Orthanc": orthanc}
 
@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--assocs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--processes", type=int, default=2, help="listener processes of the node")
+    ap.add_argument("--processes", type=int, default=1, help="listener processes of the node")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     global PROCESSES

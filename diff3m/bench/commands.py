@@ -147,7 +147,7 @@ def ingest_command(
     images: Annotated[int, typer.Option("--images", help="DX 512x512x16 images in one study")] = 200,
     assocs: Annotated[int, typer.Option("--assocs", help="concurrent storescu associations")] = 8,
     rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds over the receivers")] = 2,
-    processes: Annotated[int, typer.Option("--processes", help="listener processes of the node")] = 2,
+    processes: Annotated[int, typer.Option("--processes", help="listener processes of the node")] = 1,
     as_json: JsonOption = False,
     record: RecordOption = False,
 ) -> None:

@@ -67,7 +67,7 @@ def _script() -> ModuleType:
     return module
 
 
-def run(images: int = 200, associations: int = 8, rounds: int = 2, processes: int = 2) -> IngestBench:
+def run(images: int = 200, associations: int = 8, rounds: int = 2, processes: int = 1) -> IngestBench:
     """Send the same images to every receiver in turn, ``rounds`` times; best round per receiver."""
     if min(images, associations, rounds, processes) < 1:
         raise ValueError("images, associations, rounds and processes must be at least 1")
