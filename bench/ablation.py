@@ -3,11 +3,13 @@
 Usage (after ``scripts/train_demo.py`` and ``scripts/train_demo.py --no-ehr --out var/ablation/noehr``):
 
     python bench/ablation.py --part ehr      # EHR model, default steps
-    python bench/ablation.py --part noehr    # image-only model, same budget, default steps
-    python bench/ablation.py --part sweep    # EHR model, DDIM steps 5, 10, 25
-    python bench/ablation.py --report        # append the tables to bench/RESULTS.md
+    python bench/ablation.py --part noehr    # image-only model (trained without EHR), same budget
+    python bench/ablation.py --part ehr-off  # EHR model scored with the EHR hidden (inference-time ablation)
+    python bench/ablation.py --part sweep --steps 10,25,50,100,399 --noise-levels 200,300,400
+    python bench/ablation.py --report --machine "..."   # append the tables to bench/RESULTS.md
 
-Parts write bench/results/ablation/<part>*.json (with ROC/PR/montage PNGs) so they can run in parallel.
+Parts write <out>/<part>*.json (with ROC/PR/montage PNGs) so they can run in parallel (bench/gpu_demo.sh
+runs them side by side on one GPU). ``--per-class`` caps the test images of each class (balanced).
 """
 
 from __future__ import annotations
@@ -18,92 +20,120 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from diff3m.models.evaluate import evaluate
 
 OUT = Path("bench/results/ablation")
-DATA = Path("var/phantoms-demo")
+DATA = Path("var/phantoms-gpu")
 EHR_CKPT = "diff3m/models/weights/demo"
 NOEHR_CKPT = "var/ablation/noehr"
+PARTS = ("ehr", "noehr", "ehr-off", "sweep")
 
 
-def run_part(part: str, per_class: int, sweep_per_class: int, steps: list[int]) -> None:
+def run_part(part: str, args: argparse.Namespace) -> None:
     """Evaluate one part of the ablation and write its JSON reports."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    if part in ("ehr", "noehr"):
-        ckpt = EHR_CKPT if part == "ehr" else NOEHR_CKPT
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = {
+        "split": "test",
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "progress": False,
+    }
+    if part in ("ehr", "noehr", "ehr-off"):
+        ckpt = args.noehr_ckpt if part == "noehr" else args.ehr_ckpt
         evaluate(
             ckpt,
-            DATA,
+            Path(args.data),
             "mimic",
-            OUT / f"{part}.json",
-            split="test",
-            device="cpu",
-            limit=2 * per_class,
-            progress=False,
+            out / f"{part}.json",
+            limit=2 * args.per_class,
+            use_ehr=part != "ehr-off",
+            **common,
         )
     elif part == "sweep":
-        for n in steps:
-            evaluate(
-                EHR_CKPT,
-                DATA,
-                "mimic",
-                OUT / f"sweep_steps{n}.json",
-                split="test",
-                steps=n,
-                device="cpu",
-                limit=2 * sweep_per_class,
-                progress=False,
-            )
+        for level in _ints(args.noise_levels):
+            for n in _ints(args.steps):
+                evaluate(
+                    args.ehr_ckpt,
+                    Path(args.data),
+                    "mimic",
+                    out / f"sweep_L{level}_s{n}.json",
+                    steps=n,
+                    noise_level=level,
+                    limit=2 * args.sweep_per_class,
+                    plots=False,
+                    **common,
+                )
     else:
         raise SystemExit(f"unknown part {part!r}")
 
 
-def _row(name: str, r: dict) -> str:
+def _ints(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
     pf = r.get("per_finding_auroc", {})
     findings = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(pf.items()))
     return (
-        f"| {name} | {r['params']['steps']} | {r['n_normal']}/{r['n_abnormal']} | {r['auroc']:.3f} | "
-        f"{r['ap']:.3f} | {r['f1']:.3f} | {r['sensitivity_at_95_specificity']:.3f} | "
-        f"{r['seconds_per_image']:.3f} | {findings} |"
+        f"| {name} | {r['params']['noise_level']} | {r['params']['steps']} | "
+        f"{r['n_normal']}/{r['n_abnormal']} | "
+        f"{r['auroc']:.3f} | {r['ap']:.3f} | {r['f1']:.3f} | {r['sensitivity_at_95_specificity']:.3f} | "
+        f"{r['seconds_per_image']:.4f} | {findings} |"
     )
 
 
-def report() -> str:
+def _variants(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in sorted(r.get("score_variants_auroc", {}).items()))
+
+
+def report(out: Path = OUT, machine: str | None = None) -> str:
     """The RESULTS.md section for whatever parts have been run."""
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))}
-    machine = f"{platform.node() or 'host'} ({os.cpu_count()} CPUs, {platform.machine()}, "
-    machine += f"torch {torch.__version__}, CPU only)"
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    if machine is None:
+        machine = f"{platform.node() or 'host'} ({os.cpu_count()} CPUs, {platform.machine()}, "
+        machine += f"torch {torch.__version__}, CPU only)"
     lines = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC - {machine}", ""]
     header = (
-        "| run | DDIM steps | normal/abnormal | AUROC | AP | best F1 | sens@95%spec | s/image | "
+        "| run | L | DDIM steps | normal/abnormal | AUROC | AP | best F1 | sens@95%spec | s/image | "
         "per-finding AUROC |"
     )
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|---|"
-    arms = [
-        (n, r)
-        for n, r in (("EHR (IECA on)", runs.get("ehr")), ("image-only (--no-ehr)", runs.get("noehr")))
-        if r
-    ]
+    sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    names = {
+        "ehr": "EHR (IECA on)",
+        "noehr": "image-only model (--no-ehr)",
+        "ehr-off": "EHR model, EHR hidden at inference",
+    }
+    arms = [(names[k], runs[k]) for k in names if k in runs]
     if arms:
+        lines += ["EHR vs image-only, same recipe and training budget (scripts/train_demo.py):", ""]
+        lines += [header, sep]
+        lines += [_row(n, r) for n, r in arms]
+        lines.append("")
+        lines += [f"- {n}: AUROC by score: {_variants(r)}" for n, r in arms]
+        if "ehr" in runs and "noehr" in runs:
+            lines += ["", f"EHR - image-only AUROC: {runs['ehr']['auroc'] - runs['noehr']['auroc']:+.3f}"]
+        lines.append("")
+    sweep = sorted(
+        (r for n, r in runs.items() if n.startswith("sweep_")),
+        key=lambda r: (r["params"]["noise_level"], r["params"]["steps"]),
+    )
+    if sweep:
         lines += [
-            "EHR vs image-only, same recipe and training budget (scripts/train_demo.py):",
+            "Noise level L and DDIM steps (EHR model; the checkpoint's score, the others below the table):",
             "",
             header,
             sep,
         ]
-        lines += [_row(n, r) for n, r in arms]
-        if len(arms) == 2:
-            lines += ["", f"EHR - image-only AUROC: {arms[0][1]['auroc'] - arms[1][1]['auroc']:+.3f}"]
+        lines += [_row("EHR", r) for r in sweep]
         lines.append("")
-    sweep = sorted(
-        ((r["params"]["steps"], r) for n, r in runs.items() if n.startswith("sweep_")), key=lambda x: x[0]
-    )
-    if sweep:
-        lines += ["DDIM steps (EHR model, noise level from the checkpoint):", "", header, sep]
-        lines += [_row("EHR", r) for _, r in sweep]
+        lines += [
+            f"- L {r['params']['noise_level']}, {r['params']['steps']} steps: {_variants(r)}" for r in sweep
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -111,27 +141,32 @@ def report() -> str:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["ehr", "noehr", "sweep"])
+    parser.add_argument("--part", choices=PARTS)
+    parser.add_argument("--data", default=str(DATA), help="phantom folder (MIMIC layout) with a test split")
+    parser.add_argument("--ehr-ckpt", default=EHR_CKPT)
+    parser.add_argument("--noehr-ckpt", default=NOEHR_CKPT)
+    parser.add_argument("--out", default=str(OUT), help="folder for the JSON reports and plots")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--per-class", type=int, default=200, help="test images per class (EHR vs no-EHR)")
     parser.add_argument("--sweep-per-class", type=int, default=60, help="test images per class in the sweep")
     parser.add_argument("--steps", default="5,10,25", help="DDIM steps for the sweep")
+    parser.add_argument("--noise-levels", default="300", help="noise levels L for the sweep")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="append the section to bench/RESULTS.md")
+    parser.add_argument("--machine", help="machine line of the report (default: this one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part:
-        run_part(args.part, args.per_class, args.sweep_per_class, [int(s) for s in args.steps.split(",")])
+        run_part(args.part, args)
     if args.report:
-        section = report()
+        section = report(Path(args.out), args.machine)
         print(section)
         path = Path("bench/RESULTS.md")
         text = path.read_text() if path.exists() else "# Benchmark results\n"
         marker = "## Diff3M ablation (phantoms)"
         if marker not in text:
-            text = (
-                text.rstrip("\n") + f"\n\n{marker}\n\n`bench/ablation.py` on the phantom test split "
-                "(var/phantoms-demo, seed 0).\n"
-            )
+            text = text.rstrip("\n") + f"\n\n{marker}\n\n`bench/ablation.py` on a phantom test split.\n"
         start = text.index(marker)
         nxt = text.find("\n## ", start + len(marker))  # keep other sections where they are
         end = len(text) if nxt < 0 else nxt + 1

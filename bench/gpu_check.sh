@@ -8,6 +8,7 @@ set -euo pipefail
 CKPT="${1:-builtin:demo}"
 DEVICE="${DEVICE:-cuda}"
 SIZES="${SIZES:-1,2,4,8,16,32,64}"
+SIZES_COMPILED="${SIZES_COMPILED:-1,8,64}"  # each batch size is a recompile: keep the compiled sweep short
 OUT="${OUT:-var/gpu-check}"
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -22,7 +23,7 @@ PYEOF
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null || echo "(no nvidia-smi)"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 } | tee "$OUT/env.txt"
-if [ "${QUICK:-0}" = 1 ]; then RECIPE_STEPS=2; IMAGES=2; ROUNDS=1; REPEATS=1; else RECIPE_STEPS=399; IMAGES=64; ROUNDS=3; REPEATS=3; fi
+if [ "${QUICK:-0}" = 1 ]; then RECIPE_STEPS=2; IMAGES=2; ROUNDS=1; REPEATS=1; else RECIPE_STEPS=399; IMAGES=64; ROUNDS=${ROUNDS:-3}; REPEATS=${REPEATS:-3}; fi
 # 1. default (batched) vs the published recipe, same weights
 "$PY" -m diff3m bench inference --checkpoint "$CKPT" --device "$DEVICE" --images "$IMAGES" --batch-size "$IMAGES" \
   --rounds "$ROUNDS" --recipe-steps "$RECIPE_STEPS" --json | tee "$OUT/inference.txt"
@@ -31,7 +32,7 @@ tail -n 1 "$OUT/inference.txt" > "$OUT/inference.json"
 "$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" --repeats "$REPEATS" | tee "$OUT/sweep_eager.txt"
 tail -n 1 "$OUT/sweep_eager.txt" > "$OUT/sweep_eager.json"
 if [ "$DEVICE" != cpu ]; then
-  "$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES" --repeats "$REPEATS" --compile \
+  "$PY" -m diff3m.bench.gpu --checkpoint "$CKPT" --device "$DEVICE" --batch-sizes "$SIZES_COMPILED" --repeats "$REPEATS" --compile \
     | tee "$OUT/sweep_compiled.txt" || echo "torch.compile sweep failed (eager numbers stand)" >&2
   [ -f "$OUT/sweep_compiled.txt" ] && tail -n 1 "$OUT/sweep_compiled.txt" > "$OUT/sweep_compiled.json"
 fi

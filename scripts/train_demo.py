@@ -1,24 +1,36 @@
 """Reproduce the ``builtin:demo`` weights: phantoms -> two-stage training -> threshold from validation.
 
-Usage (what ``make demo-weights`` runs; about 15-20 minutes on the shared 2-core CPU):
+Two recipes, as data (``RECIPES`` below):
 
-    python scripts/train_demo.py [--out diff3m/models/weights/demo] [--no-ehr] [--steps 500]
+* ``cpu`` (what ``builtin:demo`` ships, the default): the small ``demo-cpu`` network (0.64 M parameters),
+  500 steps on 800 + 300 phantoms, about 15 minutes on a 2-core CPU.
+* ``gpu``: the ``demo-gpu`` network (64 px, 3.7 M parameters) on a CUDA card with bf16 autocast, batch 64,
+  on 2000 normal + 500 abnormal phantoms (split 0.80/0.05/0.15, so the test split holds at least 200 of
+  each). Tried on a lent H200 (bench/RESULTS.md, "GPU"): it did not beat the shipped weights, so it is not
+  what ships. A run is repeated step for step with the counts its ``recipe.json`` records:
 
-1. ``diff3m phantoms`` (800 normal + 300 abnormal, 64 px, seed 0, split 0.65/0.10/0.25) into var/phantoms-demo
-   unless it is already there;
-2. ``train()`` on the normal train split with the DEMO_CPU recipe below (a CPU-sized variant of the
-   ``demo`` profile: same 64 px grid and sampling recipe, narrower UNet, one residual block per level);
-3. the decision threshold is the 95th percentile of the scores of the validation-split normals (the
-   test split is never seen), written to the checkpoint's config.json by ``train()``'s calibration.
+      python scripts/train_demo.py --recipe gpu --steps N --stage1-steps M --out DIR
+
+``--budget-seconds S`` replaces ``--steps``: a 40-step probe measures seconds per step of each stage on
+this machine, then the run is sized to take about S seconds (``--stage1-fraction`` of the steps image-only).
+The steps actually run go to ``recipe.json``, so a budgeted run can be repeated step for step.
+
+The decision threshold is the 95th percentile of the scores of the validation-split normals (the test
+split is never seen), written to the checkpoint's config.json by ``train()``'s calibration.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,9 +38,21 @@ from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import generate_dataset
 from diff3m.models.profiles import Profile
 
-PHANTOMS = Path("var/phantoms-demo")
-FRACTIONS = (0.65, 0.10, 0.25)
-PHANTOM_ARGS = {"n_normal": 800, "n_abnormal": 300, "size": 64, "seed": 0, "fractions": FRACTIONS}
+
+@dataclass(frozen=True)
+class Recipe:
+    """One reproducible way of making the demo weights."""
+
+    profile: Profile
+    phantoms: Path
+    phantom_args: dict[str, Any]
+    steps: int
+    stage1_steps: int
+    batch_size: int | None = None  # None: the profile's
+    calibration: int = 60
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
 DEMO_CPU = Profile(
     name="demo-cpu",
     image_size=64,
@@ -43,15 +67,106 @@ DEMO_CPU = Profile(
     lr=5e-4,
     ema_decay=0.995,
 )
-STEPS = 500  # 400 image-only DDPM steps + 100 PCM + IECA steps (CPU budget; see docs/model-card.md)
-STAGE1_STEPS = 400
+
+DEMO_GPU = Profile(
+    name="demo-gpu",
+    image_size=64,
+    base_channels=32,
+    channel_mult=(1, 2, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    norm_groups=16,
+    noise_level=300,
+    steps=10,
+    batch_size=64,
+    lr=2e-4,
+    ema_decay=0.999,
+)
+
+RECIPES = {
+    "cpu": Recipe(
+        profile=DEMO_CPU,
+        phantoms=Path("var/phantoms-demo"),
+        phantom_args={
+            "n_normal": 800,
+            "n_abnormal": 300,
+            "size": 64,
+            "seed": 0,
+            "fractions": (0.65, 0.1, 0.25),
+        },
+        steps=500,  # 400 image-only DDPM steps + 100 PCM + IECA steps (CPU budget; see docs/model-card.md)
+        stage1_steps=400,
+    ),
+    "gpu": Recipe(
+        profile=DEMO_GPU,
+        phantoms=Path("var/phantoms-gpu"),
+        phantom_args={
+            "n_normal": 2000,
+            "n_abnormal": 500,
+            "size": 64,
+            "seed": 0,
+            "fractions": (0.8, 0.05, 0.15),
+        },
+        steps=12000,
+        stage1_steps=7000,
+        batch_size=64,
+        calibration=100,
+    ),
+}
+PROBE_STEPS = (20, 20)  # stage-1 and stage-2 steps of the speed probe
 
 
-def ensure_phantoms(root: Path = PHANTOMS) -> Path:
-    """Generate the demo phantom set unless a complete one is already at ``root``."""
+def ensure_phantoms(recipe: Recipe) -> Path:
+    """Generate the recipe's phantom set unless a complete one is already there."""
+    root = recipe.phantoms
     if not (root / "mimic-cxr-2.0.0-split.csv").exists():
-        generate_dataset(root, **PHANTOM_ARGS)  # type: ignore[arg-type]
+        generate_dataset(root, **recipe.phantom_args)
     return root
+
+
+def _seconds_per_step(log: Path, first: int, last: int) -> float:
+    """Mean seconds per step between logged steps ``first`` and ``last`` of a train_log.csv."""
+    with log.open(newline="") as f:
+        at = {int(r["step"]): float(r["seconds"]) for r in csv.DictReader(f)}
+    return max(1e-4, (at[last] - at[first]) / (last - first))
+
+
+def size_by_budget(
+    samples: list[Any], recipe: Recipe, args: argparse.Namespace, budget: float
+) -> tuple[int, int]:
+    """Steps (total, stage 1) that fill ``budget`` seconds, from a short probe run of both stages."""
+    from diff3m.models.train import train
+
+    s1, s2 = PROBE_STEPS
+    probe = Path(tempfile.mkdtemp(prefix="train-probe-"))
+    try:
+        started = time.time()
+        train(
+            samples,
+            probe,
+            profile=recipe.profile,
+            steps=s1 + s2,
+            stage1_steps=s1,
+            use_ehr=not args.no_ehr,
+            batch_size=recipe.batch_size,
+            device=args.device,
+            calibration_images=0,
+            progress=False,
+            resume=False,
+            log_every=10,
+        )
+        log = probe / "train_log.csv"
+        rate1 = _seconds_per_step(log, 10, s1)
+        rate2 = _seconds_per_step(log, s1 + 10, s1 + s2)
+        spent = time.time() - started
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    left = max(0.0, budget - spent - 15.0)  # 15 s for data loading, saving and calibration
+    frac = args.stage1_fraction
+    total = max(2, int(left / (frac * rate1 + (1 - frac) * rate2)))
+    probe_result = {"probe_seconds_per_step": [round(rate1, 4), round(rate2, 4)], "steps": total}
+    print(json.dumps({**probe_result, "stage1": int(total * frac)}), flush=True)
+    return total, int(total * frac)
 
 
 def main() -> None:
@@ -59,47 +174,64 @@ def main() -> None:
     from diff3m.models.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     parser.add_argument("--out", type=Path, default=Path("diff3m/models/weights/demo"))
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--stage1-steps", type=int, default=STAGE1_STEPS, help="image-only DDPM steps")
+    parser.add_argument("--data", type=Path, help="phantom folder (default: the recipe's; made if missing)")
+    parser.add_argument("--steps", type=int, help="total steps (default: the recipe's)")
+    parser.add_argument("--stage1-steps", type=int, help="image-only DDPM steps (default: the recipe's)")
+    parser.add_argument("--budget-seconds", type=float, help="size the run to this wall time (probe first)")
+    parser.add_argument("--stage1-fraction", type=float, default=0.55, help="image-only share (budgeted run)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--no-ehr", action="store_true", help="image-only ablation (same budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--calibration", type=int, default=60, help="validation normals for the threshold")
+    parser.add_argument("--calibration", type=int, help="validation normals for the threshold")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    recipe = RECIPES[args.recipe]
     torch.set_num_threads(args.threads)
-    root = ensure_phantoms()
+    root = args.data or ensure_phantoms(recipe)
     samples = [s for s in load_dataset(root, "mimic") if s.split in ("train", "validate")]
     started = time.time()
+    steps, stage1 = args.steps or recipe.steps, args.stage1_steps or recipe.stage1_steps
+    if args.budget_seconds:
+        steps, stage1 = size_by_budget(samples, recipe, args, args.budget_seconds)
     out = train(
         samples,
         args.out,
-        profile=DEMO_CPU,
-        steps=args.steps,
+        profile=recipe.profile,
+        steps=steps,
         use_ehr=not args.no_ehr,
         seed=0,
-        stage1_steps=args.stage1_steps,
-        device="cpu",
-        calibration_images=args.calibration,
+        stage1_steps=stage1,
+        batch_size=recipe.batch_size,
+        device=args.device,
+        calibration_images=args.calibration or recipe.calibration,
         progress=not args.quiet,
         resume=args.resume,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     (out / "train_state.pt").unlink(missing_ok=True)
-    recipe = {
+    training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    record = {
         "script": "scripts/train_demo.py",
-        "phantoms": {**PHANTOM_ARGS, "fractions": list(FRACTIONS)},
-        "profile": DEMO_CPU.to_dict(),
-        "steps": args.steps,
-        "stage1_steps": args.stage1_steps,
+        "recipe": args.recipe,
+        "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
+        f"--stage1-steps {stage1}" + (" --no-ehr" if args.no_ehr else ""),
+        "phantoms": {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])},
+        "profile": recipe.profile.to_dict(),
+        "steps": steps,
+        "stage1_steps": stage1,
+        "batch_size": recipe.batch_size or recipe.profile.batch_size,
         "use_ehr": not args.no_ehr,
         "wall_seconds": round(time.time() - started, 1),
-        "machine": f"{platform.machine()} "
-        f"{torch.get_num_threads()} torch thread(s), {platform.python_version()}",
+        "train_seconds": training.get("seconds"),
+        "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU thread(s), Python {platform.python_version()}",
     }
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    print(json.dumps({"out": str(out), **recipe}))
+    (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({"out": str(out), **record}), flush=True)
 
 
 if __name__ == "__main__":
