@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -36,6 +36,9 @@ from diff3m.pipeline.routing import RouteFacts, plan_routes
 from diff3m.pipeline.sources import read_dataset
 from diff3m.pipeline.triage import priority_for
 from diff3m.records import EhrRecord, Roi, ScoreResult
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,8 @@ def _frontal(session: Session, study: Study) -> list[Instance]:
     return list(rows)[-MAX_FRONTAL:]
 
 
-def _route_facts(settings: Settings, study: Study, inst: Instance, **result: object) -> RouteFacts:
-    ds = read_dataset(settings, study, inst)
+def _route_facts(study: Study, ds: Dataset, **result: object) -> RouteFacts:
+    """Routing facts from the dataset the stage already read (no second read of the file)."""
     tags = {k: str(ds.get(k, "")) for k in ROUTE_TAGS if k in ds}
     return RouteFacts(tags=tags, calling_aet=study.calling_aet or "", **result)  # type: ignore[arg-type]
 
@@ -98,7 +101,7 @@ def fetch_ehr(settings: Settings, study_id: int, revision: int) -> Next | None:
             s.add(snap)
         snap.available, snap.reason = ehr.available, ehr.reason
         snap.values, snap.sources = dict(ehr.values), {k: list(v) for k, v in ehr.sources.items()}
-        originals = _plan_originals(s, settings, study, frontal[-1])
+        originals = _plan_originals(s, settings, study, ds)
         state.advance(s, study, StudyStatus.INFERRING, "ehr", time.perf_counter() - t0)
     return Next("infer", study_id, revision, tuple(originals))
 
@@ -110,11 +113,11 @@ def _ehr_for(settings: Settings, ds: object) -> EhrRecord:
     return fhir_fetch_ehr(settings, StudyContext.from_dataset(ds))
 
 
-def _plan_originals(s: Session, settings: Settings, study: Study, inst: Instance) -> list[int]:
+def _plan_originals(s: Session, settings: Settings, study: Study, ds: Dataset) -> list[int]:
     """Deliveries for routing rules that forward originals without looking at the result."""
     if not settings.routing:
         return []
-    facts = _route_facts(settings, study, inst)
+    facts = _route_facts(study, ds)
     routes = plan_routes(settings.routing, facts, with_result=False)
     ids = [i.id for i in study.instances]
     return [
@@ -289,7 +292,7 @@ def build_outputs(settings: Settings, study_id: int, revision: int) -> Next | No
                    _save_output(s, settings, study, revision, "sc", sc)]
         for old in older:
             old.superseded = True
-        delivery_ids = _plan_result_deliveries(s, settings, study, evaluated, outputs)
+        delivery_ids = _plan_result_deliveries(s, settings, study, scored, outputs)
         state.advance(s, study, StudyStatus.DELIVERING, "build", time.perf_counter() - t0)
         if not delivery_ids:
             state.settle_deliveries(s, study)
@@ -329,12 +332,12 @@ def _save_output(s: Session, settings: Settings, study: Study, revision: int, ki
     return obj
 
 
-def _plan_result_deliveries(s: Session, settings: Settings, study: Study, evaluated: Instance,
+def _plan_result_deliveries(s: Session, settings: Settings, study: Study, scored: Dataset,
                             outputs: list[OutputObject]) -> list[int]:
     ids: list[int] = []
     key = f"{study.study_uid}:{study.revision}"
     if settings.routing:
-        facts = _route_facts(settings, study, evaluated, abnormal=study.abnormal, score=study.score,
+        facts = _route_facts(study, scored, abnormal=study.abnormal, score=study.score,
                              priority=str(study.priority))
         for r in plan_routes(settings.routing, facts, with_result=True):
             payload = ({"output_ids": [o.id for o in outputs]} if r.send == "results"
