@@ -1,0 +1,55 @@
+"""scripts/train_demo.py: the cpu recipe is what builtin:demo ships; the gpu test split is big enough."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from diff3m.models.data.phantoms import assign_split
+from diff3m.models.profiles import Profile
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def train_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "scripts" / "train_demo.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_recipe_is_what_ships(train_demo: ModuleType) -> None:
+    shipped = json.loads((ROOT / "diff3m/models/weights/demo/recipe.json").read_text())
+    recipe = train_demo.RECIPES["cpu"]
+    assert recipe.profile == Profile.from_dict(shipped["profile"])
+    assert {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])} == shipped["phantoms"]
+    assert (recipe.steps, recipe.stage1_steps) == (shipped["steps"], shipped["stage1_steps"])
+
+
+def test_gpu_recipe_test_split_has_200_per_class(train_demo: ModuleType) -> None:
+    args = train_demo.RECIPES["gpu"].phantom_args
+    n_normal, n_abnormal = args["n_normal"], args["n_abnormal"]
+    counts = Counter(
+        (assign_split(args["seed"], i, i >= n_normal, args["fractions"]), i >= n_normal)
+        for i in range(n_normal + n_abnormal)
+    )
+    assert counts[("test", False)] >= 200 and counts[("test", True)] >= 200
+    assert counts[("train", True)] == 0  # abnormal cases never train
+
+
+def test_seconds_per_step_reads_the_train_log(train_demo: ModuleType, tmp_path: Path) -> None:
+    log = tmp_path / "train_log.csv"
+    rows = ["step,stage,loss,loss_eps,loss_gen,lr,seconds"]
+    rows += [f"{s},1,0.1,0.1,0,0.001,{1.0 + 0.5 * s}" for s in (10, 20, 30, 40)]
+    log.write_text("\n".join(rows) + "\n")
+    assert train_demo._seconds_per_step(log, 10, 20) == pytest.approx(0.5)
+    assert train_demo._seconds_per_step(log, 10, 40) == pytest.approx(0.5)
