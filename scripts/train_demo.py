@@ -28,7 +28,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ import torch
 
 from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import generate_dataset
-from diff3m.models.profiles import Profile
+from diff3m.models.inference import pick_device
+from diff3m.models.profiles import DEMO, Profile
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,8 @@ DEMO_CPU = Profile(
     ema_decay=0.995,
 )
 
-DEMO_GPU = Profile(
-    name="demo-gpu",
-    image_size=64,
-    base_channels=32,
-    channel_mult=(1, 2, 2, 2),
-    num_res_blocks=1,
-    attention_resolutions=(8,),
-    norm_groups=16,
-    noise_level=300,
-    steps=10,
-    batch_size=64,
-    lr=2e-4,
-    ema_decay=0.999,
-)
+# the demo profile one level narrower at the bottom, one residual block per level: 3.7 M parameters
+DEMO_GPU = replace(DEMO, name="demo-gpu", channel_mult=(1, 2, 2, 2), num_res_blocks=1, batch_size=64)
 
 RECIPES = {
     "cpu": Recipe(
@@ -213,7 +202,8 @@ def main() -> None:
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     (out / "train_state.pt").unlink(missing_ok=True)
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    dev = pick_device(args.device)
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     record = {
         "script": "scripts/train_demo.py",
         "recipe": args.recipe,
