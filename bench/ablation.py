@@ -6,6 +6,8 @@ Usage (after ``scripts/train_demo.py`` and ``scripts/train_demo.py --no-ehr --ou
     python bench/ablation.py --part noehr    # image-only model (trained without EHR), same budget
     python bench/ablation.py --part ehr-off  # EHR model scored with the EHR hidden (inference-time ablation)
     python bench/ablation.py --part sweep --steps 10,25,50,100,399 --noise-levels 200,300,400
+    python bench/ablation.py --part sweep --encodings noise --draws 4 --steps 1,5 --noise-levels 50,100,200
+    python bench/ablation.py --part pca      # linear reference: PCA reconstruction of the same test split
     python bench/ablation.py --report --machine "..."   # append the tables to bench/RESULTS.md
 
 Parts write <out>/<part>*.json (with ROC/PR/montage PNGs) so they can run in parallel (bench/gpu_demo.sh
@@ -30,7 +32,7 @@ OUT = Path("bench/results/ablation")
 DATA = Path("var/phantoms-gpu")
 EHR_CKPT = "diff3m/models/weights/demo"
 NOEHR_CKPT = "var/ablation/noehr"
-PARTS = ("ehr", "noehr", "ehr-off", "sweep")
+PARTS = ("ehr", "noehr", "ehr-off", "sweep", "pca")
 
 
 def run_part(part: str, args: argparse.Namespace) -> None:
@@ -55,19 +57,28 @@ def run_part(part: str, args: argparse.Namespace) -> None:
             **common,
         )
     elif part == "sweep":
-        for level in _ints(args.noise_levels):
-            for n in _ints(args.steps):
-                evaluate(
-                    args.ehr_ckpt,
-                    Path(args.data),
-                    "mimic",
-                    out / f"sweep_L{level}_s{n}.json",
-                    steps=n,
-                    noise_level=level,
-                    limit=2 * args.sweep_per_class,
-                    plots=False,
-                    **common,
-                )
+        for encoding in args.encodings.split(","):
+            for level in _ints(args.noise_levels):
+                for n in _ints(args.steps):
+                    evaluate(
+                        args.ehr_ckpt,
+                        Path(args.data),
+                        "mimic",
+                        out / f"sweep_{encoding}_L{level}_s{n}.json",
+                        steps=n,
+                        noise_level=level,
+                        encoding=encoding,
+                        draws=args.draws if encoding == "noise" else 1,
+                        limit=2 * args.sweep_per_class,
+                        plots=False,
+                        **common,
+                    )
+    elif part == "pca":
+        from diff3m.bench.pca_baseline import evaluate_pca
+
+        evaluate_pca(
+            Path(args.data), out / "pca.json", components=args.pca_components, limit=2 * args.per_class
+        )
     else:
         raise SystemExit(f"unknown part {part!r}")
 
@@ -79,8 +90,10 @@ def _ints(text: str) -> list[int]:
 def _row(name: str, r: dict[str, Any]) -> str:
     pf = r.get("per_finding_auroc", {})
     findings = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(pf.items()))
+    p = r["params"]
     return (
-        f"| {name} | {r['params']['noise_level']} | {r['params']['steps']} | "
+        f"| {name} | {p.get('encoding', 'inversion')} | {p['noise_level']} | {p['steps']} | "
+        f"{p.get('draws', 1)} | "
         f"{r['n_normal']}/{r['n_abnormal']} | "
         f"{r['auroc']:.3f} | {r['ap']:.3f} | {r['f1']:.3f} | {r['sensitivity_at_95_specificity']:.3f} | "
         f"{r['seconds_per_image']:.4f} | {findings} |"
@@ -99,10 +112,10 @@ def report(out: Path = OUT, machine: str | None = None) -> str:
         machine += f"torch {torch.__version__}, CPU only)"
     lines = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC - {machine}", ""]
     header = (
-        "| run | L | DDIM steps | normal/abnormal | AUROC | AP | best F1 | sens@95%spec | s/image | "
-        "per-finding AUROC |"
+        "| run | encoding | L | DDIM steps | draws | normal/abnormal | AUROC | AP | best F1 | sens@95%spec | "
+        "s/image | per-finding AUROC |"
     )
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     names = {
         "ehr": "EHR (IECA on)",
         "noehr": "image-only model (--no-ehr)",
@@ -120,7 +133,11 @@ def report(out: Path = OUT, machine: str | None = None) -> str:
         lines.append("")
     sweep = sorted(
         (r for n, r in runs.items() if n.startswith("sweep_")),
-        key=lambda r: (r["params"]["noise_level"], r["params"]["steps"]),
+        key=lambda r: (
+            r["params"].get("encoding", "inversion"),
+            r["params"]["noise_level"],
+            r["params"]["steps"],
+        ),
     )
     if sweep:
         lines += [
@@ -132,9 +149,23 @@ def report(out: Path = OUT, machine: str | None = None) -> str:
         lines += [_row("EHR", r) for r in sweep]
         lines.append("")
         lines += [
-            f"- L {r['params']['noise_level']}, {r['params']['steps']} steps: {_variants(r)}" for r in sweep
+            f"- {r['params'].get('encoding', 'inversion')}, L {r['params']['noise_level']}, "
+            f"{r['params']['steps']} steps: {_variants(r)}"
+            for r in sweep
         ]
         lines.append("")
+    if "pca" in runs:
+        r = runs["pca"]
+        pf = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(r["per_finding_auroc"].items()))
+        lines += [
+            "Linear reference (diff3m/bench/pca_baseline.py): PCA with "
+            f"{r['params']['components']} components "
+            f"fitted on {r['n_train']} training normals, score {r['params']['score_name']}, same test images "
+            f"({r['n_normal']}/{r['n_abnormal']}): AUROC **{r['auroc']:.3f}**, AP {r['ap']:.3f}, "
+            f"sens@95%spec {r['sensitivity_at_95_specificity']:.3f}; per finding: {pf}; "
+            f"by score: {_variants(r)}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -152,6 +183,9 @@ def main() -> None:
     parser.add_argument("--sweep-per-class", type=int, default=60, help="test images per class in the sweep")
     parser.add_argument("--steps", default="5,10,25", help="DDIM steps for the sweep")
     parser.add_argument("--noise-levels", default="300", help="noise levels L for the sweep")
+    parser.add_argument("--encodings", default="inversion", help="inversion,noise: encodings for the sweep")
+    parser.add_argument("--draws", type=int, default=4, help="noise draws averaged (noise encoding)")
+    parser.add_argument("--pca-components", type=int, default=100, help="components of the PCA reference")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="append the section to bench/RESULTS.md")
     parser.add_argument("--machine", help="machine line of the report (default: this one)")

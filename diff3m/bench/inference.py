@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 RECIPE_NOISE_LEVEL = 400  # L of the published recipe
 RECIPE_STEPS = 399  # DDIM steps each way (every timestep 0..399)
 RECIPE_BATCH = 1
+RECIPE: dict[str, Any] = {
+    "steps": RECIPE_STEPS,
+    "noise_level": RECIPE_NOISE_LEVEL,
+    "encoding": "inversion",
+    "draws": 1,
+}
 
 Item = tuple["PreparedImage", dict[str, Any]]
 
@@ -108,11 +114,12 @@ def synthetic_items(n: int, seed: int = 0, rows: int = 512, cols: int = 480) -> 
     return items
 
 
-def default_passes(noise_level: int, steps: int) -> int:
-    """Network passes per image of one inversion + denoising run."""
+def default_passes(noise_level: int, steps: int, encoding: str = "inversion", draws: int = 1) -> int:
+    """Network passes per image: inversion + denoising, or ``draws`` denoising runs from noise."""
     from diff3m.models.schedule import timestep_grid
 
-    return 2 * (len(timestep_grid(noise_level, steps)) - 1)
+    steps_down = len(timestep_grid(noise_level, steps)) - 1
+    return 2 * steps_down if encoding == "inversion" else draws * steps_down
 
 
 def _time(fn: Any) -> float:
@@ -136,11 +143,7 @@ def time_recipe(scorer: Diff3MScorer, item: Item, timed_steps: int) -> float:
     from diff3m.models.schedule import timestep_grid
 
     if timed_steps >= RECIPE_STEPS:
-        return _time(
-            lambda: scorer.score_batch(
-                [item], steps=RECIPE_STEPS, noise_level=RECIPE_NOISE_LEVEL, batch_size=1
-            )
-        )
+        return _time(lambda: scorer.score_batch([item], batch_size=1, **RECIPE))
     import torch
 
     img, ehr = item
@@ -148,11 +151,9 @@ def time_recipe(scorer: Diff3MScorer, item: Item, timed_steps: int) -> float:
     x0 = torch.from_numpy(grid_img[None, None]).to(scorer.device)
     grid = timestep_grid(RECIPE_NOISE_LEVEL, RECIPE_STEPS)[: timed_steps + 1]
     use_ehr = scorer.config.use_ehr
-    partial = _time(lambda: scorer.reconstruct(x0, [ehr], grid, use_ehr))
+    partial = _time(lambda: scorer.reconstruct(x0, [ehr], grid, use_ehr, encoding="inversion"))
     per_pass = partial / (2 * timed_steps)
-    one_step = _time(
-        lambda: scorer.score_batch([item], steps=1, noise_level=RECIPE_NOISE_LEVEL, batch_size=1)
-    )
+    one_step = _time(lambda: scorer.score_batch([item], batch_size=1, **{**RECIPE, "steps": 1}))
     return one_step + (2 * RECIPE_STEPS - 2) * per_pass
 
 
@@ -192,9 +193,7 @@ def compare_auroc(
     reference: list[float] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        res = scorer.score_batch(
-            chunk, steps=RECIPE_STEPS, noise_level=RECIPE_NOISE_LEVEL, batch_size=batch_size
-        )
+        res = scorer.score_batch(chunk, batch_size=batch_size, **RECIPE)
         reference += [r.score for r in res]
         _log(f"auroc: recipe scored {len(reference)}/{len(items)} images, {time.perf_counter() - t0:.0f} s")
     d_auc = float(roc_auc_score(labels, default))
@@ -267,7 +266,9 @@ def run(
         rounds=rounds,
         default_steps=scorer.config.steps,
         default_noise_level=scorer.config.noise_level,
-        default_passes_per_image=default_passes(scorer.config.noise_level, scorer.config.steps),
+        default_passes_per_image=default_passes(
+            scorer.config.noise_level, scorer.config.steps, scorer.config.encoding, scorer.config.draws
+        ),
         default_seconds_per_image=d_med,
         reference_steps=RECIPE_STEPS,
         reference_noise_level=RECIPE_NOISE_LEVEL,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from diff3m.models.diffusion import ENCODINGS
 from diff3m.models.ehr import EhrEncoder
 from diff3m.models.network import Diff3MNet
 from diff3m.models.profiles import Profile
@@ -39,6 +40,8 @@ class CheckpointConfig:
     steps: int
     noise_level: int
     score_name: str = "mse"
+    encoding: str = "inversion"  # how the image reaches the noise level (diffusion.ENCODINGS)
+    draws: int = 1  # noise draws averaged per image ("noise" encoding)
     threshold: float = 0.0
     use_ehr: bool = True  # trained with EHR conditioning (False: image-only ablation)
     model_name: str = MODEL_NAME
@@ -61,6 +64,8 @@ class CheckpointConfig:
             "schedule": self.schedule.to_dict(),
             "steps": self.steps,
             "noise_level": self.noise_level,
+            "encoding": self.encoding,
+            "draws": self.draws,
             "score_name": self.score_name,
             "threshold": self.threshold,
             "use_ehr": self.use_ehr,
@@ -85,6 +90,8 @@ class CheckpointConfig:
                 steps=int(data["steps"]),
                 noise_level=int(data["noise_level"]),
                 score_name=str(data.get("score_name", "mse")),
+                encoding=str(data.get("encoding", "inversion")),
+                draws=int(data.get("draws", 1)),
                 threshold=float(data.get("threshold", 0.0)),
                 use_ehr=bool(data.get("use_ehr", True)),
                 model_version=str(data.get("model_version", "")),
@@ -94,6 +101,10 @@ class CheckpointConfig:
             raise CheckpointError(f"config.json is incomplete or invalid: {err!r}") from err
         if cfg.score_name not in SCORE_NAMES:
             raise CheckpointError(f"unknown score {cfg.score_name!r}; expected one of {SCORE_NAMES}")
+        if cfg.encoding not in ENCODINGS:
+            raise CheckpointError(f"unknown encoding {cfg.encoding!r}; expected one of {ENCODINGS}")
+        if cfg.draws < 1:
+            raise CheckpointError(f"draws must be at least 1, got {cfg.draws}")
         if cfg.schedule.timesteps != cfg.profile.timesteps:
             raise CheckpointError("schedule and profile disagree on the number of timesteps")
         return cfg

@@ -33,6 +33,12 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    stage1_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--stage1-from", help="start from another run's finished stage 1 (ablation arms share it)"
+        ),
+    ] = None,
 ) -> None:
     """Train Diff3M on the normal studies of a dataset and write a checkpoint directory."""
     from diff3m.models.data import load_dataset  # type: ignore[attr-defined]
@@ -52,6 +58,7 @@ def train_command(
             stage1_steps=stage1_steps,
             batch_size=batch_size,
             device=device,
+            stage1_from=stage1_from,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -71,6 +78,13 @@ def score_command(
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
     noise_level: Annotated[int | None, typer.Option("--noise-level")] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option("--encoding", help="inversion (published) | noise (default: the checkpoint's)"),
+    ] = None,
+    draws: Annotated[
+        int | None, typer.Option("--draws", help="noise draws averaged (noise encoding)")
+    ] = None,
     no_ehr: Annotated[bool, typer.Option("--no-ehr")] = False,
     threshold: Annotated[float | None, typer.Option("--threshold")] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
@@ -92,6 +106,8 @@ def score_command(
             noise_level=noise_level,
             use_ehr=not no_ehr,
             threshold=threshold,
+            encoding=encoding,
+            draws=draws,
         )[0]
         t3 = time.perf_counter()
     except (CheckpointError, PreprocessError, ValueError, OSError) as err:

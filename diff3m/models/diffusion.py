@@ -1,4 +1,8 @@
-"""The Diff3M sampling loop: DDIM inversion of the image to a noise level, then DDIM denoising back."""
+"""The Diff3M sampling loops: the image is taken to a noise level and DDIM-denoised back.
+
+Two ways there (``ENCODINGS``): ``inversion`` (published: deterministic DDIM inversion, with the masked
+reconstruction standing in for x_t) and ``noise`` (a forward q-sample with fresh noise, as in AnoDDPM).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Callable
 import torch
 
 from diff3m.models.schedule import X0_CLIP, DiffusionSchedule
+
+ENCODINGS = ("inversion", "noise")
 
 # denoiser(x_t, t) -> (predicted noise, masked reconstruction of x_t or None)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -52,3 +58,15 @@ def reconstruct(
 ) -> torch.Tensor:
     """The model's "normal-looking" version of ``x0``: invert to the noise level, then denoise."""
     return ddim_denoise(schedule, denoiser, ddim_invert(schedule, denoiser, x0, grid), grid)
+
+
+def noised_reconstruction(
+    schedule: DiffusionSchedule, denoiser: Denoiser, x0: torch.Tensor, grid: list[int], noise: torch.Tensor
+) -> torch.Tensor:
+    """``x0`` noised to grid[-1] with ``noise`` (forward q-sample), then DDIM-denoised back to grid[0].
+
+    The noise hides what the model cannot explain; denoising fills it in as the model's normal. One step
+    (grid [0, L-1]) is the model's x0 estimate at L.
+    """
+    t = torch.full((x0.shape[0],), grid[-1], device=x0.device, dtype=torch.long)
+    return ddim_denoise(schedule, denoiser, schedule.q_sample(x0, t, noise), grid)

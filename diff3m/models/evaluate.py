@@ -102,6 +102,8 @@ def evaluate(
     noise_level: int | None = None,
     use_ehr: bool = True,
     device: str = "auto",
+    encoding: str | None = None,
+    draws: int | None = None,
     batch_size: int = 16,
     limit: int | None = None,
     seed: int = 0,
@@ -114,7 +116,7 @@ def evaluate(
 
     samples = choose_split(load_dataset(data, layout), split)
     if limit is not None:
-        samples = _balanced(samples, limit)
+        samples = balanced_subset(samples, limit)
     scorer = Diff3MScorer.load(checkpoint, device=device)
     kept: list[CxrSample] = []
     scores: list[float] = []
@@ -141,6 +143,8 @@ def evaluate(
                     use_ehr=use_ehr,
                     seed=seed,
                     batch_size=batch_size,
+                    encoding=encoding,
+                    draws=draws,
                 )
                 for s, (img, _), r in zip(chunk, items, results, strict=True):
                     kept.append(s)
@@ -199,6 +203,8 @@ def evaluate(
         "params": {
             "steps": steps or scorer.config.steps,
             "noise_level": noise_level or scorer.config.noise_level,
+            "encoding": encoding or scorer.config.encoding,
+            "draws": draws or scorer.config.draws,
             "use_ehr": bool(use_ehr and scorer.config.use_ehr),
             "device": str(scorer.device),
             "batch_size": batch_size,
@@ -219,7 +225,7 @@ def evaluate(
     return report
 
 
-def _balanced(samples: list[CxrSample], limit: int) -> list[CxrSample]:
+def balanced_subset(samples: list[CxrSample], limit: int) -> list[CxrSample]:
     """At most ``limit`` images, alternating normal and abnormal so both classes stay present."""
     normals = [s for s in samples if s.normal]
     abnormals = [s for s in samples if not s.normal]

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 
 from diff3m.models import checkpoint
-from diff3m.models.diffusion import reconstruct
+from diff3m.models.diffusion import ENCODINGS, noised_reconstruction, reconstruct
 from diff3m.models.preprocess import Geometry, PreparedImage
 from diff3m.models.schedule import DiffusionSchedule, timestep_grid
 from diff3m.records import EhrRecord, FieldValue, Roi, ScoreResult
@@ -126,12 +126,23 @@ class Diff3MScorer:
         threshold: float | None = None,
         seed: int = 0,
         batch_size: int = 8,
+        encoding: str | None = None,
+        draws: int | None = None,
     ) -> list[ScoreResult]:
-        """Score images with their EHR; one ScoreResult per item, in order."""
+        """Score images with their EHR; one ScoreResult per item, in order.
+
+        ``steps``, ``noise_level``, ``encoding`` and ``draws`` default to the checkpoint's sampling recipe.
+        """
         steps = steps or self.config.steps
         level = noise_level or self.config.noise_level
+        encoding = encoding or self.config.encoding
+        draws = self.config.draws if draws is None else draws
         if not 2 <= level <= self.config.schedule.timesteps:
             raise ValueError(f"noise level must be within 2..{self.config.schedule.timesteps}, got {level}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
         thr = self.threshold if threshold is None else float(threshold)
         ehr_on = bool(use_ehr and self.config.use_ehr)
         grid = timestep_grid(level, steps)
@@ -141,11 +152,17 @@ class Diff3MScorer:
             t0 = time.perf_counter()
             grids, geos = zip(*(img.to_grid(self.image_size) for img, _ in chunk), strict=True)
             x0 = torch.from_numpy(np.stack(grids))[:, None].to(self.device)
-            x_hat = self.reconstruct(x0, [_values(e) for _, e in chunk], grid, ehr_on, seed)
+            x_hat = self.reconstruct(x0, [_values(e) for _, e in chunk], grid, ehr_on, seed, encoding, draws)
             diffs = (x0 - x_hat).abs()[:, 0].float().cpu().numpy()
             per_image = (time.perf_counter() - t0) / len(chunk)
             for (img, _), diff, geo in zip(chunk, diffs, geos, strict=True):
-                results.append(self._result(diff, geo, thr, ehr_on, per_image, steps, level, img))
+                sampling: dict[str, int | str] = {
+                    "steps": steps,
+                    "noise_level": level,
+                    "encoding": encoding,
+                    "draws": draws,
+                }
+                results.append(self._result(diff, geo, thr, ehr_on, per_image, sampling, img))
         return results
 
     @torch.inference_mode()
@@ -156,8 +173,15 @@ class Diff3MScorer:
         grid: list[int],
         use_ehr: bool,
         seed: int = 0,
+        encoding: str = "inversion",
+        draws: int = 1,
     ) -> torch.Tensor:
-        """The "normal-looking" reconstruction of a batch of model-grid images [B, 1, S, S]."""
+        """The "normal-looking" reconstruction of a batch of model-grid images [B, 1, S, S].
+
+        ``inversion``: the published DDIM inversion and denoising (deterministic). ``noise``: the mean of
+        ``draws`` reconstructions from independent noise (seeded by ``seed``, the same for every image),
+        all run as one batch.
+        """
         torch.manual_seed(seed)
         net = self.network
         cond = None
@@ -168,8 +192,18 @@ class Diff3MScorer:
             )
         bf16 = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            x_hat = reconstruct(self.schedule, lambda x, t: net(x, t, cond), x0, grid)
-        return x_hat.float()
+            if encoding == "inversion":
+                return reconstruct(self.schedule, lambda x, t: net(x, t, cond), x0, grid).float()
+            many = x0.repeat(draws, 1, 1, 1)
+            conds = None if cond is None else cond.repeat(draws, 1)
+            # the same draws for every image ("common random numbers"): a score does not depend on the batch
+            gen = torch.Generator(self.device).manual_seed(seed)
+            draw = torch.randn((draws, *x0.shape[1:]), generator=gen, device=self.device)
+            noise = draw.repeat_interleave(x0.shape[0], dim=0)
+            x_hat = noised_reconstruction(
+                self.schedule, lambda x, t: net(x, t, conds, with_gen=False), many, grid, noise
+            )
+        return x_hat.float().view(draws, *x0.shape).mean(0)
 
     def _result(
         self,
@@ -178,8 +212,7 @@ class Diff3MScorer:
         thr: float,
         ehr_on: bool,
         seconds: float,
-        steps: int,
-        level: int,
+        sampling: dict[str, int | str],
         img: PreparedImage,
     ) -> ScoreResult:
         sigma = max(1.0, self.image_size / 64)
@@ -198,8 +231,7 @@ class Diff3MScorer:
             ehr_used=ehr_on,
             seconds=seconds,
             params={
-                "steps": steps,
-                "noise_level": level,
+                **sampling,
                 "device": str(self.device),
                 "profile": self.profile_name,
                 "score_name": self.config.score_name,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,12 +123,16 @@ def train(
     registry: FieldRegistry = DEFAULT_REGISTRY,
     progress: bool = True,
     resume: bool = True,
+    stage1_from: str | Path | None = None,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
     ``stage1_steps`` (default half of ``steps``) train the image-only DDPM; the remaining steps
     train the masked branch and IECA with the published loss. Re-running with the same options
     and a larger ``steps`` resumes from ``out_dir/train_state.pt``.
+
+    ``stage1_from`` starts a new run from another run's finished stage 1 (its folder). Stage 1 never
+    sees the EHR, so the EHR and image-only arms of an ablation can share it and differ only in stage 2.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
@@ -144,6 +149,9 @@ def train(
         if resume and state_path.is_file()
         else None
     )
+    forked = state is None and stage1_from is not None
+    if state is None and stage1_from is not None:
+        state = _stage1_state(Path(stage1_from), dev)
     if stage1_steps is None:
         stage1_steps = state["options"]["stage1_steps"] if state else steps // 2
     s1 = max(0, min(stage1_steps, steps))
@@ -158,9 +166,18 @@ def train(
         prof.weight_decay,
         field_dropout,
     )
-    if state and state["options"] != {**asdict(opts), "steps": state["options"]["steps"]}:
+    if state and not forked and state["options"] != {**asdict(opts), "steps": state["options"]["steps"]}:
         raise ValueError(
             f"{state_path} was written with other options {state['options']}; use another --out or delete it"
+        )
+    if (
+        forked
+        and state
+        and state["options"] != {**asdict(opts), "steps": s1, "use_ehr": state["options"]["use_ehr"]}
+    ):
+        raise ValueError(
+            f"stage 1 in {stage1_from} was trained with other options {state['options']} "
+            f"(a shared stage 1 needs the same profile, seed, batch, lr and stage1_steps={s1})"
         )
 
     chosen = training_samples(samples)
@@ -301,6 +318,20 @@ def _train_step(
         loss_eps = F.mse_loss(eps.float(), noise)
         loss_gen = F.mse_loss(gen.float(), x_t)
     return {"loss": 0.5 * loss_eps + 0.5 * loss_gen, "eps": loss_eps.detach(), "gen": loss_gen.detach()}
+
+
+def _stage1_state(run_dir: Path, dev: torch.device) -> dict[str, Any]:
+    """The resumable state of a run that has finished stage 1 and not begun stage 2."""
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"no {STATE_FILE} in {run_dir}: train its stage 1 first (--steps = --stage1-steps)")
+    state: dict[str, Any] = torch.load(path, map_location=dev, weights_only=False)
+    done, s1 = state["step"], state["options"]["stage1_steps"]
+    if state["stage"] != 1 or done != s1:
+        raise ValueError(
+            f"{path} is at step {done} of stage {state['stage']}; a shared stage 1 must end at {s1}"
+        )
+    return state
 
 
 def _freeze_for_stage2(net: Diff3MNet) -> None:

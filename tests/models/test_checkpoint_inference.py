@@ -122,3 +122,41 @@ def test_round_trip_preserves_weights(tiny_checkpoint: Path, tmp_path: Path) -> 
         loaded.network.state_dict().items(), again.network.state_dict().items(), strict=True
     ):
         assert np.array_equal(a.numpy(), b.numpy()), k
+
+
+def test_noise_encoding_averages_seeded_draws(tiny_checkpoint: Path) -> None:
+    scorer = Diff3MScorer.load(tiny_checkpoint, device="cpu")
+    assert scorer.config.encoding == "inversion" and scorer.config.draws == 1  # older configs read this way
+    item = [(image(7), {"age": 55.0, "sex": "F"})]
+    a = scorer.score_batch(item, encoding="noise", draws=3, steps=1, seed=0)[0]
+    b = scorer.score_batch(item, encoding="noise", draws=3, steps=1, seed=0)[0]
+    assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    assert a.params["encoding"] == "noise" and a.params["draws"] == 3 and a.params["steps"] == 1
+    other_seed = scorer.score_batch(item, encoding="noise", draws=3, steps=1, seed=1)[0]
+    one_draw = scorer.score_batch(item, encoding="noise", draws=1, steps=1, seed=0)[0]
+    inverted = scorer.score_batch(item, seed=0)[0]
+    assert len({a.score, other_seed.score, one_draw.score, inverted.score}) == 4
+    assert inverted.params["encoding"] == "inversion"
+    pair = scorer.score_batch([item[0], (image(8), {})], encoding="noise", draws=3, steps=1, batch_size=2)
+    assert abs(pair[0].score - a.score) < 1e-6 * max(1.0, abs(a.score))  # draws batch per image, not across
+    with pytest.raises(ValueError, match="encoding"):
+        scorer.score_batch(item, encoding="sideways")
+    with pytest.raises(ValueError, match="draws"):
+        scorer.score_batch(item, encoding="noise", draws=0)
+
+
+def test_sampling_recipe_is_checkpoint_config(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "c"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    checkpoint.update_config(ckpt, encoding="noise", draws=2, noise_level=60, steps=1)
+    scorer = Diff3MScorer.load(ckpt, device="cpu")
+    r = scorer.score_batch([(image(9), None)])[0]
+    assert (r.params["encoding"], r.params["draws"], r.params["noise_level"], r.params["steps"]) == (
+        "noise",
+        2,
+        60,
+        1,
+    )
+    for bad, match in (({"encoding": "sideways"}, "encoding"), ({"draws": 0}, "draws")):
+        with pytest.raises(CheckpointError, match=match):
+            checkpoint.update_config(ckpt, **bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diff3m.models.diffusion import ddim_invert, reconstruct
+from diff3m.models.diffusion import ddim_invert, noised_reconstruction, reconstruct
 from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig, timestep_grid
 
 SCHED = DiffusionSchedule(ScheduleConfig())
@@ -61,3 +61,22 @@ def test_gen_stands_in_for_x_t_in_the_x0_estimate() -> None:
     eps = (x0 - ab0.sqrt() * x0_hat) / (1 - ab0).sqrt()
     assert torch.allclose(shifted, ab10.sqrt() * x0_hat + (1 - ab10).sqrt() * eps, atol=1e-5)
     assert not torch.allclose(shifted, plain)
+
+
+
+def test_noised_reconstruction_pulls_an_outlier_back_to_the_normal_data() -> None:
+    """Forward noise then DDIM down: an exact denoiser for N(mu, s2) brings a far-off pixel back toward mu."""
+    mu = torch.full((1, 1, 8, 8), 0.4)
+    x0 = mu.clone()
+    x0[..., 3:5, 3:5] = 0.9  # a "lesion" 0.5 above the normal mean, 5 standard deviations out
+    den = gaussian_denoiser(mu, 0.01)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    grid = timestep_grid(300, 10)
+    x_hat = noised_reconstruction(SCHED, den, x0, grid, noise)
+    lesion, rest = (x_hat - x0)[..., 3:5, 3:5], (x_hat - x0)[..., :2, :]
+    assert lesion.abs().mean() > 0.3  # the lesion is not reproduced: it shows in the residual
+    assert rest.abs().mean() < 0.1  # normal pixels come back within the normal spread
+    again = noised_reconstruction(SCHED, den, x0, grid, noise)
+    assert torch.equal(x_hat, again)  # deterministic given the noise
+    one_step = noised_reconstruction(SCHED, den, x0, [0, 299], noise)
+    assert one_step.shape == x0.shape and (one_step - x0)[..., 3:5, 3:5].abs().mean() > 0.3

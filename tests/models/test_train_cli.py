@@ -191,3 +191,25 @@ def test_cli_train_and_score(tmp_path: Path, tiny_checkpoint: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "layout" in res.output
+
+
+def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    shared = torch.load(stage1 / STATE_FILE, weights_only=False)
+    ehr = train(samples, tmp_path / "ehr", steps=3, stage1_from=stage1, **opts)
+    img = train(samples, tmp_path / "img-only", steps=3, use_ehr=False, stage1_from=stage1, **opts)
+    key = "encoder.0.0.conv.weight"
+    for arm, use_ehr in ((ehr, True), (img, False)):
+        state = torch.load(arm / STATE_FILE, weights_only=False)
+        assert state["step"] == 3 and state["stage"] == 2 and state["options"]["use_ehr"] is use_ehr
+        assert torch.equal(state["net"][key], shared["net"][key])  # frozen, shared
+        rows = list(csv.DictReader((arm / "train_log.csv").open()))
+        assert [r["step"] for r in rows] == ["3"] and checkpoint.load(arm).config.use_ehr is use_ehr
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, tmp_path / "x", steps=3, stage1_from=stage1, seed=5, **opts)
+    with pytest.raises(ValueError, match="stage 1 must end"):
+        train(samples, tmp_path / "y", steps=4, stage1_from=ehr, **opts)
+    with pytest.raises(ValueError, match="no train_state"):
+        train(samples, tmp_path / "z", steps=3, stage1_from=tmp_path / "nowhere", **opts)

@@ -65,6 +65,12 @@ def evaluate_command(
         int | None, typer.Option("--steps", min=1, help="DDIM steps (default: checkpoint's)")
     ] = None,
     noise_level: Annotated[int | None, typer.Option("--noise-level", min=2, help="noise level L")] = None,
+    encoding: Annotated[
+        str | None, typer.Option("--encoding", help="inversion (published) | noise (default: checkpoint's)")
+    ] = None,
+    draws: Annotated[
+        int | None, typer.Option("--draws", min=1, help="noise draws averaged (noise encoding)")
+    ] = None,
     no_ehr: Annotated[bool, typer.Option("--no-ehr", help="score image-only (ablation)")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
@@ -84,6 +90,8 @@ def evaluate_command(
             split=split,
             steps=steps,
             noise_level=noise_level,
+            encoding=encoding,
+            draws=draws,
             use_ehr=not no_ehr,
             device=device,
             batch_size=batch_size,
