@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--no-ehr", action="store_true", help="image-only ablation (same budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--calibration", type=int, help="validation normals for the threshold")
+    parser.add_argument("--stage1-from", type=Path, help="start from this run's finished stage 1 (shared)")
+    parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     recipe = RECIPES[args.recipe]
@@ -198,9 +200,11 @@ def main() -> None:
         calibration_images=args.calibration or recipe.calibration,
         progress=not args.quiet,
         resume=args.resume,
+        stage1_from=args.stage1_from,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
-    (out / "train_state.pt").unlink(missing_ok=True)
+    if not args.keep_state:
+        (out / "train_state.pt").unlink(missing_ok=True)
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     dev = pick_device(args.device)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -209,6 +213,7 @@ def main() -> None:
         "recipe": args.recipe,
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
         f"--stage1-steps {stage1}" + (" --no-ehr" if args.no_ehr else ""),
+        "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])},
         "profile": recipe.profile.to_dict(),
         "steps": steps,

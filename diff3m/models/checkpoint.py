@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from diff3m.models.diffusion import ENCODINGS
 from diff3m.models.ehr import EhrEncoder
 from diff3m.models.network import Diff3MNet
+from diff3m.models.normative import STATS_FILE, ResidualStats
 from diff3m.models.profiles import Profile
 from diff3m.models.schedule import ScheduleConfig
 
@@ -23,7 +24,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.json"
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
-SCORE_NAMES = ("mse", "max_abs", "smoothed_max", "smoothed_mean")
+SCORE_NAMES = ("mse", "max_abs", "smoothed_max", "smoothed_mean", "normalized_max")
+NEEDS_STATS = ("normalized_max",)  # scores that need residual_stats.safetensors (normative.py)
 
 
 class CheckpointError(RuntimeError):
@@ -118,6 +120,7 @@ class LoadedCheckpoint:
     config: CheckpointConfig
     network: Diff3MNet
     training: dict[str, Any]
+    residual_stats: ResidualStats | None = None
 
 
 def resolve(ref: str | Path) -> Path:
@@ -196,7 +199,18 @@ def load(ref: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoin
             training = json.loads((path / TRAINING_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             training = {}
-    return LoadedCheckpoint(path, config, network, training)
+    try:
+        stats = ResidualStats.load(path)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path / STATS_FILE}: {err}") from err
+    size = config.profile.image_size
+    if stats is not None and stats.mean.shape != (size, size):
+        raise CheckpointError(f"{path / STATS_FILE} is {stats.mean.shape}, the model grid is {size} x {size}")
+    if stats is None and config.score_name in NEEDS_STATS:
+        raise CheckpointError(
+            f"score {config.score_name!r} needs {STATS_FILE} in {path} (written by training's calibration)"
+        )
+    return LoadedCheckpoint(path, config, network, training, stats)
 
 
 def _check_state(network: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from diff3m.models import checkpoint
 from diff3m.models.diffusion import ENCODINGS, noised_reconstruction, reconstruct
+from diff3m.models.normative import ResidualStats
 from diff3m.models.preprocess import Geometry, PreparedImage
 from diff3m.models.schedule import DiffusionSchedule, timestep_grid
 from diff3m.records import EhrRecord, FieldValue, Roi, ScoreResult
@@ -49,8 +50,14 @@ class MapScores:
     box: tuple[int, int, int, int] | None  # r0, c0, r1, c1 (exclusive) on the grid
 
 
-def map_scores(diff: np.ndarray, geo: Geometry, sigma: float) -> MapScores:
-    """mse, max_abs, smoothed_max, smoothed_mean over the image content; ROI = blob at the smoothed peak."""
+def map_scores(
+    diff: np.ndarray, geo: Geometry, sigma: float, stats: ResidualStats | None = None
+) -> MapScores:
+    """mse, max_abs, smoothed_max, smoothed_mean (+ normalized_max with ``stats``) over the image content.
+
+    ROI: the blob around the peak of the normalized map when there are residual statistics, else of the
+    smoothed map.
+    """
     content = geo.content(diff).astype(np.float64)
     smooth = ndimage.gaussian_filter(content, sigma=sigma, mode="nearest")
     scores = {
@@ -59,11 +66,16 @@ def map_scores(diff: np.ndarray, geo: Geometry, sigma: float) -> MapScores:
         "smoothed_max": float(smooth.max()),
         "smoothed_mean": float(smooth.mean()),
     }
-    peak = float(smooth.max())
+    peak_map = smooth
+    if stats is not None:
+        full = ndimage.gaussian_filter(diff.astype(np.float64), sigma=sigma, mode="nearest")
+        peak_map = geo.content(stats.z(full))
+        scores["normalized_max"] = float(peak_map.max())
+    peak = float(peak_map.max())
     if not np.isfinite(peak) or peak <= 0:
         return MapScores(scores, None)
-    labels, _ = ndimage.label(smooth >= 0.5 * peak)
-    r, c = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    labels, _ = ndimage.label(peak_map >= 0.5 * peak)
+    r, c = np.unravel_index(int(np.argmax(peak_map)), peak_map.shape)
     rows, cols = np.nonzero(labels == labels[r, c])
     box = (
         int(rows.min()) + geo.top,
@@ -85,6 +97,7 @@ class Diff3MScorer:
             torch.set_num_threads(cpu_threads())
         self.network = loaded.network.to(device).eval()
         self.schedule = DiffusionSchedule(self.config.schedule, device)
+        self.residual_stats = loaded.residual_stats
 
     @classmethod
     def load(cls, ref: str | Path = "builtin:demo", device: str = "auto") -> Diff3MScorer:
@@ -133,7 +146,43 @@ class Diff3MScorer:
 
         ``steps``, ``noise_level``, ``encoding`` and ``draws`` default to the checkpoint's sampling recipe.
         """
-        steps = steps or self.config.steps
+        sampling = self._sampling(steps, noise_level, encoding, draws)
+        thr = self.threshold if threshold is None else float(threshold)
+        ehr_on = bool(use_ehr and self.config.use_ehr)
+        results: list[ScoreResult] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start : start + max(1, batch_size)]
+            t0 = time.perf_counter()
+            diffs, geos = self._residuals(chunk, sampling, ehr_on, seed)
+            per_image = (time.perf_counter() - t0) / len(chunk)
+            for (img, _), diff, geo in zip(chunk, diffs, geos, strict=True):
+                results.append(self._result(diff, geo, thr, ehr_on, per_image, sampling, img))
+        return results
+
+    def residual_maps(
+        self, items: Sequence[tuple[PreparedImage, EhrInput]], seed: int = 0, batch_size: int = 8
+    ) -> np.ndarray:
+        """Smoothed residual maps |x - x_hat| on the model grid [N, S, S], with the checkpoint's recipe."""
+        sampling = self._sampling(None, None, None, None)
+        maps = []
+        for start in range(0, len(items), max(1, batch_size)):
+            diffs, _ = self._residuals(
+                items[start : start + max(1, batch_size)], sampling, self.config.use_ehr, seed
+            )
+            maps += [
+                ndimage.gaussian_filter(d.astype(np.float64), sigma=self.sigma, mode="nearest") for d in diffs
+            ]
+        return np.stack(maps)
+
+    @property
+    def sigma(self) -> float:
+        """Gaussian smoothing of the residual map (model-grid pixels) for the smoothed scores."""
+        return max(1.0, self.image_size / 64)
+
+    def _sampling(
+        self, steps: int | None, noise_level: int | None, encoding: str | None, draws: int | None
+    ) -> dict[str, int | str]:
+        """The sampling recipe: the arguments given, the checkpoint's for the rest; checked."""
         level = noise_level or self.config.noise_level
         encoding = encoding or self.config.encoding
         draws = self.config.draws if draws is None else draws
@@ -143,27 +192,34 @@ class Diff3MScorer:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
-        thr = self.threshold if threshold is None else float(threshold)
-        ehr_on = bool(use_ehr and self.config.use_ehr)
-        grid = timestep_grid(level, steps)
-        results: list[ScoreResult] = []
-        for start in range(0, len(items), max(1, batch_size)):
-            chunk = items[start : start + max(1, batch_size)]
-            t0 = time.perf_counter()
-            grids, geos = zip(*(img.to_grid(self.image_size) for img, _ in chunk), strict=True)
-            x0 = torch.from_numpy(np.stack(grids))[:, None].to(self.device)
-            x_hat = self.reconstruct(x0, [_values(e) for _, e in chunk], grid, ehr_on, seed, encoding, draws)
-            diffs = (x0 - x_hat).abs()[:, 0].float().cpu().numpy()
-            per_image = (time.perf_counter() - t0) / len(chunk)
-            for (img, _), diff, geo in zip(chunk, diffs, geos, strict=True):
-                sampling: dict[str, int | str] = {
-                    "steps": steps,
-                    "noise_level": level,
-                    "encoding": encoding,
-                    "draws": draws,
-                }
-                results.append(self._result(diff, geo, thr, ehr_on, per_image, sampling, img))
-        return results
+        return {
+            "steps": steps or self.config.steps,
+            "noise_level": level,
+            "encoding": encoding,
+            "draws": draws,
+        }
+
+    def _residuals(
+        self,
+        chunk: Sequence[tuple[PreparedImage, EhrInput]],
+        sampling: dict[str, int | str],
+        ehr_on: bool,
+        seed: int,
+    ) -> tuple[np.ndarray, tuple[Geometry, ...]]:
+        """|x - x_hat| on the model grid for a batch, and each image's placement on the grid."""
+        grids, geos = zip(*(img.to_grid(self.image_size) for img, _ in chunk), strict=True)
+        x0 = torch.from_numpy(np.stack(grids))[:, None].to(self.device)
+        grid = timestep_grid(int(sampling["noise_level"]), int(sampling["steps"]))
+        x_hat = self.reconstruct(
+            x0,
+            [_values(e) for _, e in chunk],
+            grid,
+            ehr_on,
+            seed,
+            str(sampling["encoding"]),
+            int(sampling["draws"]),
+        )
+        return (x0 - x_hat).abs()[:, 0].float().cpu().numpy(), geos
 
     @torch.inference_mode()
     def reconstruct(
@@ -215,8 +271,7 @@ class Diff3MScorer:
         sampling: dict[str, int | str],
         img: PreparedImage,
     ) -> ScoreResult:
-        sigma = max(1.0, self.image_size / 64)
-        ms = map_scores(diff, geo, sigma)
+        ms = map_scores(diff, geo, self.sigma, self.residual_stats)
         score = ms.scores[self.config.score_name]
         roi: Roi | None = geo.box_to_source(*ms.box) if ms.box else None
         return ScoreResult(

@@ -23,9 +23,12 @@ class Profile:
     timesteps: int = 1000  # T
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    # sampling recipe (DDIM inversion to noise_level, then DDIM denoising back)
+    # sampling recipe: the image is taken to noise_level, then DDIM-denoised back
     noise_level: int = 400  # L
-    steps: int = 399  # DDIM steps in each direction
+    steps: int = 399  # DDIM steps (each direction for inversion)
+    encoding: str = "inversion"  # inversion (published) | noise (forward q-sample; diffusion.ENCODINGS)
+    draws: int = 1  # noise draws averaged per image (noise encoding)
+    score_name: str = "mse"  # image score (checkpoint.SCORE_NAMES)
     # training defaults
     batch_size: int = 24
     lr: float = 1e-4

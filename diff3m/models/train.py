@@ -24,12 +24,15 @@ from diff3m.models.ehr import EhrEncoder
 from diff3m.models.fields import DEFAULT_REGISTRY, FieldRegistry
 from diff3m.models.inference import Diff3MScorer, pick_device
 from diff3m.models.network import Diff3MNet
-from diff3m.models.preprocess import PreprocessError, load_image
+from diff3m.models.normative import ResidualStats
+from diff3m.models.preprocess import PreparedImage, PreprocessError, load_image
 from diff3m.models.profiles import Profile, get_profile
 from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig
+from diff3m.records import FieldValue
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
+STATS_IMAGES = 200  # training normals for the residual statistics
 LOG_FILE = "train_log.csv"
 
 
@@ -264,7 +267,11 @@ def train(
         schedule=schedule.config,
         steps=prof.steps,
         noise_level=prof.noise_level,
+        encoding=prof.encoding,
+        draws=prof.draws,
         use_ehr=use_ehr,
+        # a score that needs residual statistics is switched on once calibration has written them
+        score_name="smoothed_max" if prof.score_name in checkpoint.NEEDS_STATS else prof.score_name,
     )
     meta = {
         "options": asdict(opts),
@@ -278,6 +285,9 @@ def train(
         "stages_trained": 2 if steps > s1 else 1,
     }
     checkpoint.save(out, ema, config, meta)
+    if prof.score_name in checkpoint.NEEDS_STATS:
+        _fit_residual_stats(out, chosen, dev)
+        checkpoint.update_config(out, score_name=prof.score_name)
     if calibration_images > 0:
         _calibrate(out, samples, chosen, calibration_images, dev)
     return out
@@ -382,6 +392,27 @@ def _save_state(
     tmp.replace(path)
 
 
+def _readable(samples: Sequence[CxrSample]) -> list[tuple[PreparedImage, dict[str, FieldValue]]]:
+    items = []
+    for s in samples:
+        try:
+            items.append((load_image(s.path), s.values))
+        except (PreprocessError, OSError):
+            continue
+    return items
+
+
+def _fit_residual_stats(out: Path, train_normals: Sequence[CxrSample], dev: torch.device) -> None:
+    """Normal residual statistics (normative.py) from up to STATS_IMAGES training normals.
+
+    Training images, not validation ones: the threshold is then set on validation normals that the
+    statistics have not seen.
+    """
+    scorer = Diff3MScorer.load(out, device=str(dev))
+    maps = scorer.residual_maps(_readable(train_normals[:STATS_IMAGES]))
+    ResidualStats.fit(maps).save(out)
+
+
 def _calibrate(
     out: Path, samples: Sequence[CxrSample], train_normals: Sequence[CxrSample], limit: int, dev: torch.device
 ) -> None:
@@ -392,12 +423,7 @@ def _calibrate(
     held = [s for s in samples if s.normal and s.split in ("validate", "val", "valid", "validation")]
     chosen = (held or list(train_normals))[:limit]
     scorer = Diff3MScorer.load(out, device=str(dev))
-    items = []
-    for s in chosen:
-        try:
-            items.append((load_image(s.path), s.values))
-        except (PreprocessError, OSError):
-            continue
+    items = _readable(chosen)
     if not items:
         return
     results = scorer.score_batch(items, threshold=float("inf"))
