@@ -29,7 +29,7 @@ import torch
 from diff3m.models.evaluate import evaluate
 
 OUT = Path("bench/results/ablation")
-DATA = Path("var/phantoms-gpu")
+DATA = Path("var/phantoms-2500")  # scripts/train_demo.py PHANTOMS
 EHR_CKPT = "diff3m/models/weights/demo"
 NOEHR_CKPT = "var/ablation/noehr"
 PARTS = ("ehr", "noehr", "ehr-off", "sweep", "pca")

@@ -11,7 +11,7 @@
 set -uo pipefail
 OUT="${OUT:-var/gpu-demo}"
 WORK="${WORK:-var/gpu-demo-work}"
-DATA="${DATA:-var/phantoms-gpu}"
+DATA="${DATA:-var/phantoms-2500}"
 DEVICE="${DEVICE:-cuda}"
 RECIPE="${RECIPE:-gpu}"  # cpu: the small demo-cpu recipe (smoke runs)
 TRAIN_SECONDS="${TRAIN_SECONDS:-210}"
@@ -27,8 +27,8 @@ mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 stamp() { echo "[gpu_demo +$(($(date +%s) - T0))s] $*"; }
 
-if [ ! -f "$DATA/mimic-cxr-2.0.0-split.csv" ] && [ -f .gpu-carry/phantoms-gpu.tar ]; then
-  mkdir -p "$(dirname "$DATA")" && tar -xf .gpu-carry/phantoms-gpu.tar -C "$(dirname "$DATA")"
+if [ ! -f "$DATA/mimic-cxr-2.0.0-split.csv" ] && [ -f .gpu-carry/phantoms.tar ]; then  # a tar of $DATA's folder
+  mkdir -p "$DATA" && tar -xf .gpu-carry/phantoms.tar -C "$DATA" --strip-components=1
 fi
 {
   echo "## gpu_demo $(date -u +%FT%TZ)"

@@ -1,22 +1,31 @@
-"""Reproduce the ``builtin:demo`` weights: phantoms -> two-stage training -> threshold from validation.
+"""Reproduce the ``builtin:demo`` weights: phantoms -> two-stage training -> statistics and threshold.
 
-Two recipes, as data (``RECIPES`` below):
+Two recipes, as data (``RECIPES`` below), both on the same 2000 normal + 500 abnormal phantoms (split
+0.80/0.05/0.15, so the test split holds 284 normal + 375 abnormal images):
 
-* ``cpu`` (what ``builtin:demo`` ships, the default): the small ``demo-cpu`` network (0.64 M parameters),
-  500 steps on 800 + 300 phantoms, about 15 minutes on a 2-core CPU.
+* ``cpu`` (what ``builtin:demo`` ships, the default): the small ``demo-cpu`` network (0.27 M parameters in
+  its main UNet), 4000 image-only steps + 400 PCM/IECA steps at batch 16, about 50 minutes on 2 CPU cores.
+  It scores with the ``noise`` encoding (L 50, one step, 8 draws) and ``normalized_max``.
 * ``gpu``: the ``demo-gpu`` network (64 px, 3.7 M parameters) on a CUDA card with bf16 autocast, batch 64,
-  on 2000 normal + 500 abnormal phantoms (split 0.80/0.05/0.15, so the test split holds at least 200 of
-  each). Tried on a lent H200 (bench/RESULTS.md, "GPU"): it did not beat the shipped weights, so it is not
-  what ships. A run is repeated step for step with the counts its ``recipe.json`` records:
+  scored with the published inversion. Tried on a lent H200 (bench/RESULTS.md, "GPU"): it did not beat
+  the weights that shipped then, so it is not what ships. A run is repeated step for step with the counts
+  its ``recipe.json`` records:
 
       python scripts/train_demo.py --recipe gpu --steps N --stage1-steps M --out DIR
+
+The EHR ablation shares stage 1 between its two arms (stage 1 never sees the EHR):
+
+      python scripts/train_demo.py --steps 4000 --keep-state --out var/demo-stage1
+      python scripts/train_demo.py --stage1-from var/demo-stage1                     # builtin:demo
+      python scripts/train_demo.py --stage1-from var/demo-stage1 --no-ehr --out var/ablation/noehr
 
 ``--budget-seconds S`` replaces ``--steps``: a 40-step probe measures seconds per step of each stage on
 this machine, then the run is sized to take about S seconds (``--stage1-fraction`` of the steps image-only).
 The steps actually run go to ``recipe.json``, so a budgeted run can be repeated step for step.
 
-The decision threshold is the 95th percentile of the scores of the validation-split normals (the test
-split is never seen), written to the checkpoint's config.json by ``train()``'s calibration.
+After training, the residual statistics come from 200 training normals and the decision threshold is the
+95th percentile of the scores of the validation-split normals (the test split is never seen), both
+written into the checkpoint by ``train()``.
 """
 
 from __future__ import annotations
@@ -62,40 +71,43 @@ DEMO_CPU = Profile(
     num_res_blocks=1,
     attention_resolutions=(),  # the middle block keeps its self-attention
     norm_groups=8,
-    noise_level=300,
-    steps=10,
-    batch_size=8,
+    # scoring: noise to L 50, one denoising step, 8 draws averaged, residual in units of the normal spread
+    encoding="noise",
+    noise_level=50,
+    steps=1,
+    draws=8,
+    score_name="normalized_max",
+    batch_size=16,
     lr=5e-4,
-    ema_decay=0.995,
+    ema_decay=0.999,
 )
 
 # the demo profile one level narrower at the bottom, one residual block per level: 3.7 M parameters
 DEMO_GPU = replace(DEMO, name="demo-gpu", channel_mult=(1, 2, 2, 2), num_res_blocks=1, batch_size=64)
 
+# 2000 normal + 500 abnormal 64 px phantoms; the test split holds 284 normal + 375 abnormal
+PHANTOMS = Path("var/phantoms-2500")
+PHANTOM_ARGS: dict[str, Any] = {
+    "n_normal": 2000,
+    "n_abnormal": 500,
+    "size": 64,
+    "seed": 0,
+    "fractions": (0.8, 0.05, 0.15),
+}
+
 RECIPES = {
     "cpu": Recipe(
         profile=DEMO_CPU,
-        phantoms=Path("var/phantoms-demo"),
-        phantom_args={
-            "n_normal": 800,
-            "n_abnormal": 300,
-            "size": 64,
-            "seed": 0,
-            "fractions": (0.65, 0.1, 0.25),
-        },
-        steps=500,  # 400 image-only DDPM steps + 100 PCM + IECA steps (CPU budget; see docs/model-card.md)
-        stage1_steps=400,
+        phantoms=PHANTOMS,
+        phantom_args=PHANTOM_ARGS,
+        steps=4400,  # 4000 image-only DDPM steps + 400 PCM + IECA steps, about 50 min on 2 CPU cores
+        stage1_steps=4000,
+        calibration=100,
     ),
     "gpu": Recipe(
         profile=DEMO_GPU,
-        phantoms=Path("var/phantoms-gpu"),
-        phantom_args={
-            "n_normal": 2000,
-            "n_abnormal": 500,
-            "size": 64,
-            "seed": 0,
-            "fractions": (0.8, 0.05, 0.15),
-        },
+        phantoms=PHANTOMS,
+        phantom_args=PHANTOM_ARGS,
         steps=12000,
         stage1_steps=7000,
         batch_size=64,

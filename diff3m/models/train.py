@@ -277,7 +277,7 @@ def train(
         "options": asdict(opts),
         "n_train": int(data.images.shape[0]),
         "skipped_images": data.skipped,
-        "final_loss": last_loss,
+        "final_loss": last_loss if last_loss == last_loss else None,  # NaN (no step ran) is not JSON
         "seconds": round(time.time() - started, 1),
         "device": str(dev),
         "torch": torch.__version__,
