@@ -46,9 +46,9 @@ bench: install test-tools
 	$(BIN)/diff3m bench ingest --record
 	$(BIN)/diff3m bench e2e --checkpoint builtin:demo --record
 
-# Reproduce builtin:demo: phantoms -> two-stage training -> threshold calibrated on validation normals
+# Reproduce builtin:demo: phantoms -> two-stage training -> residual statistics and threshold (~1 h, 2 cores)
 demo-weights: install
-	$(BIN)/python scripts/train_demo.py
+	$(BIN)/python scripts/train_demo.py --threads 2
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

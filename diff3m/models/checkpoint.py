@@ -170,6 +170,18 @@ def update_config(ckpt_dir: str | Path, **changes: Any) -> CheckpointConfig:
     return cfg
 
 
+def load_config(ref: str | Path) -> CheckpointConfig:
+    """A checkpoint's config.json, checked, without loading its weights."""
+    path = resolve(ref)
+    try:
+        data = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path / CONFIG_FILE}: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path / CONFIG_FILE} is not a JSON object")
+    return CheckpointConfig.from_dict(data)
+
+
 def load(ref: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Read and check a checkpoint; any mismatch with this code raises CheckpointError saying what."""
     path = resolve(ref)
@@ -178,13 +190,7 @@ def load(ref: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoin
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} has no {name}")
-    try:
-        data = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path / CONFIG_FILE}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path / CONFIG_FILE} is not a JSON object")
-    config = CheckpointConfig.from_dict(data)
+    config = load_config(path)
     network = config.build_network()
     try:
         state = load_file(str(path / WEIGHTS_FILE))

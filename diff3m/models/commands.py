@@ -15,6 +15,7 @@ from diff3m.records import FieldValue
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``score`` to the ``diff3m`` command."""
     app.command("train")(train_command)
+    app.command("calibrate")(calibrate_command)
     app.command("score")(score_command)
 
 
@@ -66,6 +67,51 @@ def train_command(
     typer.echo(
         json.dumps({"checkpoint": str(path), **json.loads((path / "config.json").read_text())["extra"]})
     )
+
+
+def calibrate_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="checkpoint directory (changed in place)")],
+    data: Annotated[Path, typer.Option("--data", help="dataset root: training normals, validation normals")],
+    layout: Annotated[str, typer.Option("--layout", help="mimic | chexpert")] = "mimic",
+    encoding: Annotated[str | None, typer.Option("--encoding", help="inversion | noise")] = None,
+    noise_level: Annotated[int | None, typer.Option("--noise-level", min=2)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1)] = None,
+    draws: Annotated[int | None, typer.Option("--draws", min=1)] = None,
+    score: Annotated[str | None, typer.Option("--score", help="mse | max_abs | smoothed_max | ...")] = None,
+    stats_images: Annotated[int, typer.Option("--stats-images", min=0, help="training normals")] = 200,
+    threshold_images: Annotated[
+        int, typer.Option("--threshold-images", min=1, help="validation normals")
+    ] = 100,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Refit a checkpoint's residual statistics and threshold on a dataset, optionally with a new recipe."""
+    from diff3m.models.calibrate import calibrate
+    from diff3m.models.checkpoint import CheckpointError
+    from diff3m.models.data import load_dataset
+    from diff3m.models.train import training_samples
+
+    given = {
+        "encoding": encoding,
+        "noise_level": noise_level,
+        "steps": steps,
+        "draws": draws,
+        "score_name": score,
+    }
+    try:
+        samples = load_dataset(data, layout)
+        report = calibrate(
+            checkpoint,
+            samples,
+            training_samples(samples),
+            device,
+            {k: v for k, v in given.items() if v is not None},
+            stats_images,
+            threshold_images,
+        )
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(json.dumps(report))
 
 
 def score_command(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import platform
 import time
@@ -13,26 +12,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diff3m.models import checkpoint
+from diff3m.models.calibrate import calibrate_threshold, fit_residual_stats
 from diff3m.models.data import CxrSample
 from diff3m.models.ehr import EhrEncoder
 from diff3m.models.fields import DEFAULT_REGISTRY, FieldRegistry
-from diff3m.models.inference import Diff3MScorer, pick_device
+from diff3m.models.inference import pick_device
 from diff3m.models.network import Diff3MNet
-from diff3m.models.normative import ResidualStats
-from diff3m.models.preprocess import PreparedImage, PreprocessError, load_image
+from diff3m.models.preprocess import PreprocessError, load_image
 from diff3m.models.profiles import Profile, get_profile
 from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig
-from diff3m.records import FieldValue
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
-STATS_IMAGES = 200  # training normals for the residual statistics
 LOG_FILE = "train_log.csv"
 
 
@@ -286,10 +282,10 @@ def train(
     }
     checkpoint.save(out, ema, config, meta)
     if prof.score_name in checkpoint.NEEDS_STATS:
-        _fit_residual_stats(out, chosen, dev)
+        fit_residual_stats(out, chosen, str(dev))
         checkpoint.update_config(out, score_name=prof.score_name)
     if calibration_images > 0:
-        _calibrate(out, samples, chosen, calibration_images, dev)
+        calibrate_threshold(out, samples, chosen, str(dev), calibration_images)
     return out
 
 
@@ -390,56 +386,3 @@ def _save_state(
         tmp,
     )
     tmp.replace(path)
-
-
-def _readable(samples: Sequence[CxrSample]) -> list[tuple[PreparedImage, dict[str, FieldValue]]]:
-    items = []
-    for s in samples:
-        try:
-            items.append((load_image(s.path), s.values))
-        except (PreprocessError, OSError):
-            continue
-    return items
-
-
-def _fit_residual_stats(out: Path, train_normals: Sequence[CxrSample], dev: torch.device) -> None:
-    """Normal residual statistics (normative.py) from up to STATS_IMAGES training normals.
-
-    Training images, not validation ones: the threshold is then set on validation normals that the
-    statistics have not seen.
-    """
-    scorer = Diff3MScorer.load(out, device=str(dev))
-    maps = scorer.residual_maps(_readable(train_normals[:STATS_IMAGES]))
-    ResidualStats.fit(maps).save(out)
-
-
-def _calibrate(
-    out: Path, samples: Sequence[CxrSample], train_normals: Sequence[CxrSample], limit: int, dev: torch.device
-) -> None:
-    """Threshold = 95th percentile of scores on validation normals (training normals if none).
-
-    The test split is never used: a threshold tuned on it would flatter the evaluation.
-    """
-    held = [s for s in samples if s.normal and s.split in ("validate", "val", "valid", "validation")]
-    chosen = (held or list(train_normals))[:limit]
-    scorer = Diff3MScorer.load(out, device=str(dev))
-    items = _readable(chosen)
-    if not items:
-        return
-    results = scorer.score_batch(items, threshold=float("inf"))
-    scores = np.array([r.score for r in results], dtype=np.float64)
-    threshold = float(np.quantile(scores, 0.95))
-    checkpoint.update_config(
-        out,
-        threshold=threshold,
-        extra={
-            "calibration": {
-                "n": len(scores),
-                "quantile": 0.95,
-                "source": "validation normals" if held else "training normals",
-            }
-        },
-    )
-    (out / "calibration.json").write_text(
-        json.dumps({"scores": scores.tolist(), "threshold": threshold}) + "\n"
-    )
