@@ -78,7 +78,7 @@ def inference_command(
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    _emit(res, inference.markdown(res), as_json, record, "Inference")
+    _emit(res, inference.markdown(res), as_json, record, "Inference vs the published recipe")
 
 
 @bench_app.command("cpu-options")
