@@ -32,8 +32,9 @@ def pick_device(name: str = "auto") -> torch.device:
 def cpu_threads() -> int:
     """Torch threads for CPU scoring: ``DIFF3M_CPU_THREADS`` if set, else 1 on machines of up to 4 cores.
 
-    Measured in bench/RESULTS.md ("CPU options", "Inference vs the published recipe"): on a busy 2-core machine torch's default
-    (one spinning OpenMP thread per core) made a demo pass 4-20x slower than one thread.
+    Measured in bench/RESULTS.md ("CPU options", "Inference vs the published recipe"): on a busy 2-core
+    machine torch's default (one spinning OpenMP thread per core) made a demo pass 4-20x slower than one
+    thread.
     """
     value = os.environ.get("DIFF3M_CPU_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
