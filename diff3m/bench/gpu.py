@@ -72,11 +72,6 @@ def peak_for(device_name: str) -> float | None:
     return None
 
 
-def _denoiser(model: Any) -> Any:
-    """The network as the sampler's (x_t, t) -> (eps, gen) callable, without EHR conditioning."""
-    return lambda x, t: model(x, t, None)
-
-
 def _sync(device: Any) -> None:
     import torch
 
@@ -97,8 +92,7 @@ def sweep(
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diff3m.bench.inference import synthetic_items
-    from diff3m.models.diffusion import reconstruct
+    from diff3m.bench.inference import default_passes, synthetic_items
     from diff3m.models.inference import Diff3MScorer
     from diff3m.models.schedule import timestep_grid
 
@@ -112,7 +106,7 @@ def sweep(
         scorer.network = torch.compile(net, mode=compile_mode)  # type: ignore[assignment]
     cfg = scorer.config
     grid = timestep_grid(cfg.noise_level, cfg.steps)
-    passes = 2 * (len(grid) - 1)
+    passes = default_passes(cfg.noise_level, cfg.steps, cfg.encoding, cfg.draws)
     items = synthetic_items(max(batch_sizes))
     points = []
     for b in batch_sizes:
@@ -126,19 +120,22 @@ def sweep(
             _sync(dev)
             lat.append(time.perf_counter() - t0)
         x0 = torch.rand(b, 1, scorer.image_size, scorer.image_size, device=dev)
-        t = torch.full((b,), grid[-1], device=dev, dtype=torch.long)
-        bf16 = dev.type == "cuda"
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            with FlopCounterMode(display=False) as counter:
-                net(x0, t, None)
-            flops = float(counter.get_total_flops())
-            unet = []
-            for _ in range(repeats):
-                _sync(dev)
-                t0 = time.perf_counter()
-                reconstruct(scorer.schedule, _denoiser(scorer.network), x0, grid)
-                _sync(dev)
-                unet.append(time.perf_counter() - t0)
+
+        def sample(x0: Any = x0, b: int = b) -> Any:  # the checkpoint's own sampling, without EHR
+            return scorer.reconstruct(x0, [{}] * b, grid, False, encoding=cfg.encoding, draws=cfg.draws)
+
+        timed, scorer.network = scorer.network, net  # FLOPs of the eager network (a compiled one hides them)
+        with FlopCounterMode(display=False) as counter:
+            sample()
+        scorer.network = timed
+        flops = float(counter.get_total_flops()) / passes
+        unet = []
+        for _ in range(repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            sample()
+            _sync(dev)
+            unet.append(time.perf_counter() - t0)
         u = statistics.median(unet)
         achieved = flops * passes / u / 1e12
         latency = statistics.median(lat)
@@ -155,10 +152,12 @@ def sweep(
 def markdown(res: GpuBench) -> str:
     """A RESULTS.md section."""
     peak = f"{res.peak_tflops:g} TFLOP/s bf16 peak" if res.peak_tflops else "no known bf16 peak"
+    passes = res.points[0].unet_passes if res.points else "?"
     lines = [
         res.machine.heading(),
         "",
-        f"`{res.checkpoint}`, default {res.steps} + {res.steps} steps at noise level {res.noise_level}, "
+        f"`{res.checkpoint}`, its default sampling ({passes} passes, {res.steps} steps, noise level "
+        f"{res.noise_level}), "
         f"{'torch.compile' if res.compiled else 'eager'}, bf16 autocast on CUDA; {peak}. Latency = one batch "
         "through score_batch; UNet = the sampling loop alone.",
         "",
