@@ -25,6 +25,7 @@ STATS_IMAGES = 200  # training normals for the residual statistics
 THRESHOLD_IMAGES = 100  # validation normals for the threshold
 QUANTILE = 0.95  # threshold = this quantile of validation-normal scores (target specificity)
 VALIDATION = ("validate", "val", "valid", "validation")
+RECIPE_KEYS = ("encoding", "noise_level", "steps", "draws", "score_name")
 
 
 def readable(samples: Sequence[CxrSample]) -> list[tuple[PreparedImage, dict[str, FieldValue]]]:
@@ -108,6 +109,3 @@ def calibrate(
         "threshold": threshold,
         **{k: v for k, v in checkpoint.load_config(ckpt).to_dict().items() if k in RECIPE_KEYS},
     }
-
-
-RECIPE_KEYS = ("encoding", "noise_level", "steps", "draws", "score_name")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diff3m.models import checkpoint
-from diff3m.models.calibrate import calibrate_threshold, fit_residual_stats
+from diff3m.models.calibrate import STATS_IMAGES, calibrate
 from diff3m.models.data import CxrSample
 from diff3m.models.ehr import EhrEncoder
 from diff3m.models.fields import DEFAULT_REGISTRY, FieldRegistry
@@ -148,9 +148,9 @@ def train(
         if resume and state_path.is_file()
         else None
     )
-    forked = state is None and stage1_from is not None
+    forked = False
     if state is None and stage1_from is not None:
-        state = _stage1_state(Path(stage1_from), dev)
+        state, forked = _stage1_state(Path(stage1_from), dev), True
     if stage1_steps is None:
         stage1_steps = state["options"]["stage1_steps"] if state else steps // 2
     s1 = max(0, min(stage1_steps, steps))
@@ -165,19 +165,20 @@ def train(
         prof.weight_decay,
         field_dropout,
     )
-    if state and not forked and state["options"] != {**asdict(opts), "steps": state["options"]["steps"]}:
-        raise ValueError(
-            f"{state_path} was written with other options {state['options']}; use another --out or delete it"
-        )
-    if (
-        forked
-        and state
-        and state["options"] != {**asdict(opts), "steps": s1, "use_ehr": state["options"]["use_ehr"]}
-    ):
-        raise ValueError(
-            f"stage 1 in {stage1_from} was trained with other options {state['options']} "
-            f"(a shared stage 1 needs the same profile, seed, batch, lr and stage1_steps={s1})"
-        )
+    if state:
+        expected = {**asdict(opts), "steps": state["options"]["steps"]}
+        if forked:  # stage 1 never sees the EHR: the arms may differ in use_ehr
+            expected.update(steps=s1, use_ehr=state["options"]["use_ehr"])
+        if state["options"] != expected and forked:
+            raise ValueError(
+                f"stage 1 in {stage1_from} was trained with other options {state['options']} "
+                f"(a shared stage 1 needs the same profile, seed, batch, lr and stage1_steps={s1})"
+            )
+        if state["options"] != expected:
+            raise ValueError(
+                f"{state_path} was written with other options {state['options']}; "
+                "use another --out or delete it"
+            )
 
     chosen = training_samples(samples)
     encoder = (
@@ -266,8 +267,7 @@ def train(
         encoding=prof.encoding,
         draws=prof.draws,
         use_ehr=use_ehr,
-        # a score that needs residual statistics is switched on once calibration has written them
-        score_name="smoothed_max" if prof.score_name in checkpoint.NEEDS_STATS else prof.score_name,
+        score_name=prof.score_name,
     )
     meta = {
         "options": asdict(opts),
@@ -281,11 +281,15 @@ def train(
         "stages_trained": 2 if steps > s1 else 1,
     }
     checkpoint.save(out, ema, config, meta)
-    if prof.score_name in checkpoint.NEEDS_STATS:
-        fit_residual_stats(out, chosen, str(dev))
-        checkpoint.update_config(out, score_name=prof.score_name)
-    if calibration_images > 0:
-        calibrate_threshold(out, samples, chosen, str(dev), calibration_images)
+    needs_stats = prof.score_name in checkpoint.NEEDS_STATS
+    calibrate(
+        out,
+        samples,
+        chosen,
+        str(dev),
+        stats_images=STATS_IMAGES if needs_stats else 0,
+        threshold_images=calibration_images,
+    )
     return out
 
 
