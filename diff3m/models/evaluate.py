@@ -19,6 +19,7 @@ from diff3m.models.data import CxrSample, load_dataset, normalise_split
 from diff3m.models.data.plots import MontageCase, montage, pr_plot, roc_plot
 
 MONTAGE_CASES = 6
+SAMPLING_KEYS = ("steps", "noise_level", "encoding", "draws")
 THUMB = 96
 
 
@@ -124,6 +125,7 @@ def evaluate(
     model_seconds: list[float] = []
     unreadable = 0
     extremes: list[MontageCase] = []
+    sampling: dict[str, Any] = {}
     started = time.perf_counter()
     bar = tqdm(total=len(samples), disable=not progress, desc="evaluate", unit="img")
     try:
@@ -146,6 +148,7 @@ def evaluate(
                     encoding=encoding,
                     draws=draws,
                 )
+                sampling = {k: results[0].params[k] for k in SAMPLING_KEYS}
                 for s, (img, _), r in zip(chunk, items, results, strict=True):
                     kept.append(s)
                     scores.append(r.score)
@@ -201,10 +204,7 @@ def evaluate(
             "score_name": scorer.config.score_name,
         },
         "params": {
-            "steps": steps or scorer.config.steps,
-            "noise_level": noise_level or scorer.config.noise_level,
-            "encoding": encoding or scorer.config.encoding,
-            "draws": draws or scorer.config.draws,
+            **sampling,  # as the scorer resolved it (arguments, else the checkpoint's recipe)
             "use_ehr": bool(use_ehr and scorer.config.use_ehr),
             "device": str(scorer.device),
             "batch_size": batch_size,
