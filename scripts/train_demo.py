@@ -4,7 +4,7 @@ Two recipes, as data (``RECIPES`` below), both on the same 2000 normal + 500 abn
 0.80/0.05/0.15, so the test split holds 284 normal + 375 abnormal images):
 
 * ``cpu`` (what ``builtin:demo`` ships, the default): the small ``demo-cpu`` network (0.27 M parameters in
-  its main UNet), 4000 image-only steps + 400 PCM/IECA steps at batch 16, about 50 minutes on 2 CPU cores.
+  its main UNet), 4000 image-only steps + 400 PCM/IECA steps at batch 16, about an hour on 2 CPU cores.
   It scores with the ``noise`` encoding (L 50, one step, 8 draws) and ``normalized_max``.
 * ``gpu``: the ``demo-gpu`` network (64 px, 3.7 M parameters) on a CUDA card with bf16 autocast, batch 64,
   scored with the published inversion. Tried on a lent H200 (bench/RESULTS.md, "GPU"): it did not beat
@@ -37,7 +37,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class Recipe:
     stage1_steps: int
     batch_size: int | None = None  # None: the profile's
     calibration: int = 60
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 DEMO_CPU = Profile(
@@ -100,7 +99,7 @@ RECIPES = {
         profile=DEMO_CPU,
         phantoms=PHANTOMS,
         phantom_args=PHANTOM_ARGS,
-        steps=4400,  # 4000 image-only DDPM steps + 400 PCM + IECA steps, about 50 min on 2 CPU cores
+        steps=4400,  # 4000 image-only DDPM steps + 400 PCM + IECA steps, about an hour on 2 CPU cores
         stage1_steps=4000,
         calibration=100,
     ),
