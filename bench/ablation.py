@@ -87,16 +87,18 @@ def _ints(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
+def _findings(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(r.get("per_finding_auroc", {}).items()))
+
+
 def _row(name: str, r: dict[str, Any]) -> str:
-    pf = r.get("per_finding_auroc", {})
-    findings = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(pf.items()))
     p = r["params"]
     return (
         f"| {name} | {p.get('encoding', 'inversion')} | {p['noise_level']} | {p['steps']} | "
         f"{p.get('draws', 1)} | "
         f"{r['n_normal']}/{r['n_abnormal']} | "
         f"{r['auroc']:.3f} | {r['ap']:.3f} | {r['f1']:.3f} | {r['sensitivity_at_95_specificity']:.3f} | "
-        f"{r['seconds_per_image']:.4f} | {findings} |"
+        f"{r['seconds_per_image']:.4f} | {_findings(r)} |"
     )
 
 
@@ -156,13 +158,12 @@ def report(out: Path = OUT, machine: str | None = None) -> str:
         lines.append("")
     if "pca" in runs:
         r = runs["pca"]
-        pf = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(r["per_finding_auroc"].items()))
         lines += [
             "Linear reference (diff3m/bench/pca_baseline.py): PCA with "
             f"{r['params']['components']} components "
             f"fitted on {r['n_train']} training normals, score {r['params']['score_name']}, same test images "
             f"({r['n_normal']}/{r['n_abnormal']}): AUROC **{r['auroc']:.3f}**, AP {r['ap']:.3f}, "
-            f"sens@95%spec {r['sensitivity_at_95_specificity']:.3f}; per finding: {pf}; "
+            f"sens@95%spec {r['sensitivity_at_95_specificity']:.3f}; per finding: {_findings(r)}; "
             f"by score: {_variants(r)}.",
             "",
         ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 STATS_FILE = "residual_stats.safetensors"
@@ -56,8 +57,6 @@ class ResidualStats:
         path = Path(ckpt_dir) / STATS_FILE
         if not path.is_file():
             return None
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             n = int((f.metadata() or {}).get("n", "0"))
         t = load_file(str(path))
