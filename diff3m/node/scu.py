@@ -11,6 +11,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from diff3m.node.syntaxes import EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED
@@ -106,6 +107,30 @@ def _dataset_for(ref: FileRef, accepted: dict[tuple[str, str], bool]) -> Path | 
     raise UnsendableFile(f"destination accepted no transfer syntax for SOP class {ref.sop_class_uid}")
 
 
+def keep_responses_for_sender(assoc: Association) -> None:
+    """Let only the waiting ``send_*`` call take DIMSE responses off ``assoc``'s queue.
+
+    pynetdicom (3.0.x) pauses its association thread before each ``send_c_store``, but the pause
+    races: the thread can be between its checkpoint and its non-blocking poll of the DIMSE queue
+    when the sender sees it "paused". Under CPU load it then takes the C-STORE response itself
+    ("Received unexpected C-STORE service message"), the sender waits for an answer that never
+    comes and the peer's network timeout aborts the association. A storage SCU is never sent
+    requests, so the non-blocking poll (only the association thread makes one) is made to leave
+    everything but a request on the queue. Call it right after ``associate``, before any send.
+    """
+    dimse = assoc.dimse
+    take = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            _, msg = dimse.peek_msg()
+            if msg is None or not msg.is_valid_request:
+                return None, None
+        return take(block=block)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
 def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling_aet: str = "DIFF3M",
                ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0,
                max_pdu: int = 262_144) -> SendReport:
@@ -124,6 +149,7 @@ def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         raise AssociationFailed(f"association with {called_aet}@{host}:{port} failed ({why})")
+    keep_responses_for_sender(assoc)
     try:
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): True
                     for cx in assoc.accepted_contexts}

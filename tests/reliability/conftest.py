@@ -277,6 +277,8 @@ def send_datasets(port: int, datasets: list[Dataset], aet: str = "MODALITY", cal
     """
     from pynetdicom import AE
 
+    from diff3m.node.scu import keep_responses_for_sender
+
     ae = AE(ae_title=aet)
     # a modality-like patience: the check is "no failed C-STORE", not a latency bound (a busy CI box
     # can take longer than 30 s to answer one store while 8 associations share its 2 cores)
@@ -289,6 +291,7 @@ def send_datasets(port: int, datasets: list[Dataset], aet: str = "MODALITY", cal
     if not assoc.is_established:
         report.aborted = True
         return report
+    keep_responses_for_sender(assoc)
     try:
         for i, ds in enumerate(datasets):
             if not assoc.is_established:

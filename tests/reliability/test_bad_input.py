@@ -269,6 +269,7 @@ def test_fuzz_over_the_network(tmp_path: Path, sqlite_url: str) -> None:
     from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 
     from diff3m.node.scp import start_listener
+    from diff3m.node.scu import keep_responses_for_sender
     from tests.services import free_port
 
     settings = load_settings(None, node={"storage_dir": str(tmp_path / "st"), "host": "127.0.0.1",
@@ -282,6 +283,7 @@ def test_fuzz_over_the_network(tmp_path: Path, sqlite_url: str) -> None:
     try:
         assoc = ae.associate("127.0.0.1", listener.port, ae_title="DIFF3M")
         assert assoc.is_established
+        keep_responses_for_sender(assoc)
         for i in range(N_NET):
             ds = make_dataset(rows=8, cols=8, sop_uid=f"1.2.826.0.1.99.{i}")
             mutation = r.randrange(6)
