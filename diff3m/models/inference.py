@@ -160,20 +160,39 @@ class Diff3MScorer:
                 results.append(self._result(diff, geo, thr, ehr_on, per_image, sampling, img))
         return results
 
+    def raw_residuals(
+        self,
+        items: Sequence[tuple[PreparedImage, EhrInput]],
+        steps: int | None = None,
+        noise_level: int | None = None,
+        use_ehr: bool = True,
+        seed: int = 0,
+        batch_size: int = 8,
+        encoding: str | None = None,
+        draws: int | None = None,
+    ) -> tuple[np.ndarray, list[Geometry]]:
+        """Unsmoothed residual maps |x - x_hat| on the model grid [N, S, S] and each image's placement.
+
+        The sampling arguments default to the checkpoint's recipe, as in ``score_batch``.
+        """
+        sampling = self._sampling(steps, noise_level, encoding, draws)
+        ehr_on = bool(use_ehr and self.config.use_ehr)
+        maps: list[np.ndarray] = []
+        geos: list[Geometry] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start : start + max(1, batch_size)]
+            diffs, chunk_geos = self._residuals(chunk, sampling, ehr_on, seed)
+            maps += list(diffs)
+            geos += chunk_geos
+        return np.stack(maps), geos
+
     def residual_maps(
         self, items: Sequence[tuple[PreparedImage, EhrInput]], seed: int = 0, batch_size: int = 8
     ) -> np.ndarray:
         """Smoothed residual maps |x - x_hat| on the model grid [N, S, S], with the checkpoint's recipe."""
-        sampling = self._sampling(None, None, None, None)
-        maps = []
-        for start in range(0, len(items), max(1, batch_size)):
-            diffs, _ = self._residuals(
-                items[start : start + max(1, batch_size)], sampling, self.config.use_ehr, seed
-            )
-            maps += [
-                ndimage.gaussian_filter(d.astype(np.float64), sigma=self.sigma, mode="nearest") for d in diffs
-            ]
-        return np.stack(maps)
+        raw, _ = self.raw_residuals(items, seed=seed, batch_size=batch_size)
+        smooth = [ndimage.gaussian_filter(d.astype(np.float64), self.sigma, mode="nearest") for d in raw]
+        return np.stack(smooth)
 
     @property
     def sigma(self) -> float:

@@ -83,6 +83,18 @@ def test_batch_equals_single(tiny_checkpoint: Path) -> None:
         assert abs(x.score - y.score) < 1e-6 * max(1.0, abs(y.score))
 
 
+def test_raw_residuals_are_the_scored_maps(tiny_checkpoint: Path) -> None:
+    """``raw_residuals`` gives the grid maps ``score_batch`` scores (its anomaly map, back on the source)."""
+    scorer = Diff3MScorer.load(tiny_checkpoint, device="cpu")
+    items = [(image(7, shape=(32, 32)), {"age": 40.0}), (image(8, shape=(30, 60)), {})]
+    maps, geos = scorer.raw_residuals(items, noise_level=50, steps=2, batch_size=1)
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0 and len(geos) == 2
+    scored = scorer.score_batch(items, noise_level=50, steps=2)
+    for m, geo, r in zip(maps, geos, scored, strict=True):
+        assert np.allclose(geo.to_source(m), r.anomaly_map, atol=1e-5)
+    assert not np.allclose(scorer.raw_residuals(items[:1], noise_level=50, steps=2, use_ehr=False)[0], maps[:1])
+
+
 def test_incompatible_checkpoints_fail_clearly(tiny_checkpoint: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(tiny_checkpoint, bad)
