@@ -1,7 +1,7 @@
 """How much AUROC the EHR can add on the phantom test split at most, from the generator's own truth.
 
 The ablation asks for EHR >= +0.05 AUROC over an image-only model. On the phantoms the EHR enters the
-abnormal class only through cardiomegaly (a heart ``CARDIOMEGALY_EXTRA`` larger than the patient's
+abnormal class only through cardiomegaly (a heart a design's ``cardiomegaly_extra`` larger than the patient's
 expected heart scale); the focal findings do not depend on it. This script measures, without any
 model:
 
@@ -14,12 +14,17 @@ model:
    perfect and changed nothing else, overall AUROC would rise by (1 - its cardiomegaly AUROC) x the
    share of abnormal test cases with cardiomegaly.
 
-Usage: python bench/ehr_ceiling.py [--report --machine "..."]
+Usage:
+
+    python bench/ehr_ceiling.py [--report --machine "..."]
+    python bench/ehr_ceiling.py --design hidden-heart --data var/phantoms-hidden \
+        --noehr bench/results/hidden-heart/noehr.json --out bench/results/hidden-heart/ceiling.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import warnings
@@ -33,7 +38,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 
 from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import make_cases
-from diff3m.models.data.phantoms.cases import CARDIOMEGALY_EXTRA, PhantomCase, expected_heart_scale
+from diff3m.models.data.phantoms.cases import DESIGNS, HeartDesign, PhantomCase, expected_heart_scale
 
 DATA = Path("var/phantoms-2500")  # scripts/train_demo.py PHANTOMS, written with these arguments:
 PHANTOMS = {"n_normal": 2000, "n_abnormal": 500, "seed": 0, "fractions": (0.8, 0.05, 0.15)}
@@ -41,18 +46,17 @@ NOEHR = Path("bench/results/cpu-noise/noehr.json")  # the image-only arm of the 
 OUT = Path("bench/results/ehr-ceiling.json")
 
 
-def visible_expected(case: PhantomCase) -> float:
+def visible_expected(case: PhantomCase, design: HeartDesign) -> float:
     """The expected heart scale from what the image shows (BMI, sex), blood pressure at the mean."""
-    ehr = case.ehr
-    return expected_heart_scale(type(ehr)(**{**ehr.__dict__, "systolic": 125.0}))
+    return expected_heart_scale(dataclasses.replace(case.ehr, systolic=125.0), design)
 
 
-def readers(cases: list[PhantomCase]) -> dict[str, float]:
+def readers(cases: list[PhantomCase], design: HeartDesign) -> dict[str, float]:
     """Cardiomegaly-vs-normal AUROC of ideal readers of the true heart scale (test split)."""
     test = [c for c in cases if c.split == "test" and (c.normal or "Cardiomegaly" in c.labels)]
     y = np.array([0 if c.normal else 1 for c in test])
     heart = np.array([c.heart_scale for c in test])
-    visible = np.array([visible_expected(c) for c in test])
+    visible = np.array([visible_expected(c, design) for c in test])
     expected = np.array([c.expected_heart_scale for c in test])
     return {
         "heart_size_alone": float(roc_auc_score(y, heart)),
@@ -63,9 +67,9 @@ def readers(cases: list[PhantomCase]) -> dict[str, float]:
     }
 
 
-def ehr_from_pixels() -> dict[str, float]:
+def ehr_from_pixels(data: Path) -> dict[str, float]:
     """How well the pixels of a normal phantom predict its EHR (fit on train normals, test normals)."""
-    samples = [s for s in load_dataset(DATA, "mimic") if s.normal and s.split in ("train", "test")]
+    samples = [s for s in load_dataset(data, "mimic") if s.normal and s.split in ("train", "test")]
 
     def pixels(split: str) -> np.ndarray:
         return np.stack([np.asarray(Image.open(s.path).convert("L"), dtype=np.float32).ravel() / 255.0
@@ -109,8 +113,8 @@ def report(r: dict[str, Any], machine: str) -> str:
     """The RESULTS.md section."""
     rd, px, c = r["readers"], r["pixels"], r["ceiling"]
     return "\n".join([
-        f"\n## EHR gain ceiling on the phantoms ({r['date']})\n",
-        f"Machine: {machine}. `bench/ehr_ceiling.py`, numbers in `bench/results/ehr-ceiling.json`. No model: "
+        f"\n## EHR gain ceiling on the {r['design']} phantoms ({r['date']})\n",
+        f"Machine: {machine}. `bench/ehr_ceiling.py`, numbers in `{r['out']}`. No model: "
         "the phantom generator's own truth, test split.\n",
         f"Ideal readers of the true heart scale, cardiomegaly ({rd['n_cardiomegaly']}) vs normal "
         f"({rd['n_normal']}); cardiomegaly = expected scale + {r['cardiomegaly_extra']:.2f}:\n",
@@ -133,23 +137,31 @@ def report(r: dict[str, Any], machine: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--design", default="standard", choices=sorted(DESIGNS), help="the phantoms' design")
+    ap.add_argument("--data", type=Path, default=DATA, help="the phantom folder (for the pixel models)")
+    ap.add_argument("--noehr", type=Path, default=NOEHR, help="evaluate JSON of the image-only arm")
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report", action="store_true", help="append the section to bench/RESULTS.md")
     ap.add_argument("--machine", default="", help="the machine it ran on, for the report")
     args = ap.parse_args()
     if args.report:
-        text = report(json.loads(OUT.read_text()), args.machine or "unknown")
+        text = report(json.loads(args.out.read_text()), args.machine or "unknown")
         with open("bench/RESULTS.md", "a") as f:
             f.write(text)
         print(text)
         return
+    design = DESIGNS[args.design]
     result = {
         "date": dt.date.today().isoformat(),
-        "cardiomegaly_extra": CARDIOMEGALY_EXTRA,
-        "readers": readers(make_cases(**PHANTOMS)),  # type: ignore[arg-type]
-        "pixels": ehr_from_pixels(),
-        "ceiling": ceiling(json.loads(NOEHR.read_text())),
+        "design": design.name,
+        "out": str(args.out),
+        "cardiomegaly_extra": design.cardiomegaly_extra,
+        "readers": readers(make_cases(**PHANTOMS, design=design.name), design),  # type: ignore[arg-type]
+        "pixels": ehr_from_pixels(args.data),
+        "ceiling": ceiling(json.loads(args.noehr.read_text())),
     }
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(report(result, args.machine or "this machine"))
 
 

@@ -124,6 +124,16 @@ def ensure_phantoms(recipe: Recipe) -> Path:
     return root
 
 
+def _phantom_record(root: Path) -> dict[str, Any]:
+    """The training data: its folder and the phantom manifest's arguments (a --data folder's own)."""
+    manifest = root / "phantoms.json"
+    if not manifest.is_file():
+        return {"data": str(root)}
+    m = json.loads(manifest.read_text())
+    keep = ("seed", "size", "n_normal", "n_abnormal", "split_fractions", "design")
+    return {"data": str(root), **{k: m[k] for k in keep if k in m}}
+
+
 def _seconds_per_step(log: Path, first: int, last: int) -> float:
     """Mean seconds per step between logged steps ``first`` and ``last`` of a train_log.csv."""
     with log.open(newline="") as f:
@@ -225,7 +235,7 @@ def main() -> None:
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
         f"--stage1-steps {stage1}" + (" --no-ehr" if args.no_ehr else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
-        "phantoms": {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])},
+        "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
         "steps": steps,
         "stage1_steps": stage1,

@@ -32,22 +32,38 @@ def phantoms_command(
             "--split", help="train,validate,test fractions of the normals (abnormals go to validate/test)"
         ),
     ] = "0.7,0.1,0.2",
+    design: Annotated[
+        str,
+        typer.Option(
+            "--design", help="standard | hidden-heart: how much of the normal heart size only the EHR shows"
+        ),
+    ] = "standard",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Write synthetic chest radiographs with EHR (projected from a real chest CT) in the MIMIC layout."""
     from diff3m.models.data.phantoms import generate_dataset
+    from diff3m.models.data.phantoms.cases import DESIGNS
 
+    if design not in DESIGNS:
+        raise typer.BadParameter(f"choose one of {', '.join(sorted(DESIGNS))}", param_hint="--design")
     if normal + abnormal == 0:
         print("diff3m phantoms: nothing to do (--normal and --abnormal are both 0)", file=sys.stderr)
         raise typer.Exit(2)
     result = generate_dataset(
-        out, normal, abnormal, size=size, seed=seed, fractions=_fractions(split), progress=not quiet
+        out,
+        normal,
+        abnormal,
+        size=size,
+        seed=seed,
+        fractions=_fractions(split),
+        progress=not quiet,
+        design=design,
     )
     counts = {
         sp: {"normal": result.count(sp, True), "abnormal": result.count(sp, False)}
         for sp in ("train", "validate", "test")
     }
-    typer.echo(json.dumps({"out": str(out), "size": size, "seed": seed, "splits": counts}))
+    typer.echo(json.dumps({"out": str(out), "size": size, "seed": seed, "design": design, "splits": counts}))
 
 
 def evaluate_command(

@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from diff3m.cli import app
 from diff3m.models.data import load_dataset
-from diff3m.models.data.phantoms import generate_dataset
+from diff3m.models.data.phantoms import generate_dataset, make_cases
 from diff3m.models.data.phantoms.anatomy import load_anatomy
 from diff3m.models.data.phantoms.cases import (
     CARDIOMEGALY_EXTRA,
+    DESIGNS,
     Finding,
     PatientEhr,
     expected_heart_scale,
@@ -106,6 +108,27 @@ def test_cardiomegaly_is_relative_to_habitus() -> None:
     assert expected_heart_scale(thin) + CARDIOMEGALY_EXTRA < expected_heart_scale(heavy)
 
 
+def test_hidden_heart_design_puts_the_heart_size_out_of_the_images_sight() -> None:
+    """``hidden-heart``: blood pressure (no image trace of its own) moves the normal heart scale by more
+    than its cardiomegaly margin, so the same enlarged heart is normal for one patient and not another."""
+    hidden, standard = DESIGNS["hidden-heart"], DESIGNS["standard"]
+    low = PatientEhr("F", 50.0, 165.0, 68.1, 25.0, 105.0, 70.0, "PA")
+    high = dataclasses.replace(low, systolic=160.0)  # the same habitus, so the same image without the heart
+    assert expected_heart_scale(high, hidden) - expected_heart_scale(low, hidden) > hidden.cardiomegaly_extra
+    assert expected_heart_scale(high) - expected_heart_scale(low) < standard.cardiomegaly_extra
+    # the design changes the heart sizes only: the same patients, acquisitions and findings
+    a, b = make_cases(6, 6, 2, design="standard"), make_cases(6, 6, 2, design="hidden-heart")
+    assert [(c.ehr, c.acquisition, c.findings, c.split) for c in a] == [
+        (c.ehr, c.acquisition, c.findings, c.split) for c in b
+    ]
+    for c in b:
+        extra = c.heart_scale - c.expected_heart_scale
+        enlarged = "Cardiomegaly" in c.labels
+        assert (extra >= hidden.cardiomegaly_extra) if enlarged else abs(extra) < 0.1, (c.labels, extra)
+    with pytest.raises(ValueError, match="unknown phantom design"):
+        make_cases(1, 0, 0, design="nope")
+
+
 def test_focal_findings_change_the_image_locally() -> None:
     anatomy = load_anatomy()
     base = make_case(5, 1, False, "train", anatomy)
@@ -145,3 +168,12 @@ def test_phantoms_command(tmp_path: Path) -> None:
     assert len(list((out / "files").rglob("*.jpg"))) == 5
     bad = CliRunner().invoke(app, ["phantoms", "--out", str(out), "--split", "1,2"])
     assert bad.exit_code != 0
+    bad = CliRunner().invoke(app, ["phantoms", "--out", str(out), "--design", "nope"])
+    assert bad.exit_code != 0 and "hidden-heart" in bad.output
+    hidden = tmp_path / "hidden"
+    res = CliRunner().invoke(
+        app, ["phantoms", "--out", str(hidden), "--normal", "1", "--abnormal", "0", "--size", "16",
+              "--design", "hidden-heart", "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((hidden / "phantoms.json").read_text())["design"]["name"] == "hidden-heart"

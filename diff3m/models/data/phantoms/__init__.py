@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from diff3m.models.data.phantoms.anatomy import load_anatomy
-from diff3m.models.data.phantoms.cases import PhantomCase, make_case
+from diff3m.models.data.phantoms.cases import DESIGNS, PhantomCase, make_case
 from diff3m.models.data.phantoms.mimic_writer import study_rows, write_image, write_tables
 from diff3m.models.data.phantoms.render import render
 
@@ -55,14 +55,21 @@ def assign_split(seed: int, index: int, abnormal: bool, fractions: tuple[float, 
 
 
 def make_cases(
-    n_normal: int, n_abnormal: int, seed: int, fractions: tuple[float, float, float] = DEFAULT_SPLIT
+    n_normal: int,
+    n_abnormal: int,
+    seed: int,
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT,
+    design: str = "standard",
 ) -> list[PhantomCase]:
     """The cases of a dataset: indices 0..n_normal-1 normal, then the abnormal ones."""
+    if design not in DESIGNS:
+        raise ValueError(f"unknown phantom design {design!r}; choose one of {sorted(DESIGNS)}")
     anatomy = load_anatomy()
     cases = []
     for i in range(n_normal + n_abnormal):
         abnormal = i >= n_normal
-        cases.append(make_case(seed, i, abnormal, assign_split(seed, i, abnormal, fractions), anatomy))
+        split = assign_split(seed, i, abnormal, fractions)
+        cases.append(make_case(seed, i, abnormal, split, anatomy, DESIGNS[design]))
     return cases
 
 
@@ -74,6 +81,7 @@ def generate_dataset(
     seed: int = 0,
     fractions: tuple[float, float, float] = DEFAULT_SPLIT,
     progress: bool = True,
+    design: str = "standard",
 ) -> PhantomSet:
     """Render and write a phantom dataset in the MIMIC-CXR-JPG + MIMIC-IV layout under ``out``."""
     if n_normal < 0 or n_abnormal < 0 or n_normal + n_abnormal == 0:
@@ -84,7 +92,7 @@ def generate_dataset(
         raise ValueError(f"split fractions must be >= 0 and not all zero, got {fractions}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = make_cases(n_normal, n_abnormal, seed, fractions)
+    cases = make_cases(n_normal, n_abnormal, seed, fractions, design)
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one image is a small job: extra threads only spin on a shared CPU
@@ -102,6 +110,7 @@ def generate_dataset(
         "n_normal": n_normal,
         "n_abnormal": n_abnormal,
         "split_fractions": list(fractions),
+        "design": asdict(DESIGNS[design]),
         "cases": [asdict(c) for c in cases],
     }
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=1))

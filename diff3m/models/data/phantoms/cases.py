@@ -21,7 +21,33 @@ FINDING_LABELS: dict[str, str] = {
     "cardiomegaly": "Cardiomegaly",
 }
 
-CARDIOMEGALY_EXTRA = 0.20  # heart scale added to the patient's expected (normal) heart scale
+
+
+@dataclass(frozen=True)
+class HeartDesign:
+    """How a phantom's normal heart scale follows its EHR, and how much larger cardiomegaly makes it.
+
+    ``standard`` (what the demo is trained on): BMI and sex, both drawn into the image as habitus, set
+    most of it; ``hidden-heart``: systolic pressure, which leaves no trace in the image of its own, sets
+    a larger share and cardiomegaly is closer to normal, so only the EHR can tell many cases apart.
+    """
+
+    name: str
+    bmi_slope: float = 0.011  # per kg/m2 from 25
+    systolic_slope: float = 0.002  # per mmHg from 125
+    sex_offset: tuple[float, float] = (-0.02, 0.03)  # F, M
+    bounds: tuple[float, float] = (0.82, 1.25)  # of the expected scale
+    cardiomegaly_extra: float = 0.20  # added to the expected scale
+
+
+DESIGNS: dict[str, HeartDesign] = {
+    "standard": HeartDesign("standard"),
+    "hidden-heart": HeartDesign(
+        "hidden-heart", systolic_slope=0.006, bounds=(0.75, 1.35), cardiomegaly_extra=0.12
+    ),
+}
+STANDARD = DESIGNS["standard"]
+CARDIOMEGALY_EXTRA = STANDARD.cardiomegaly_extra  # heart scale added to the patient's expected heart scale
 
 
 @dataclass(frozen=True)
@@ -90,10 +116,12 @@ class PhantomCase:
         return tuple(sorted({FINDING_LABELS[f.kind] for f in self.findings}))
 
 
-def expected_heart_scale(ehr: PatientEhr) -> float:
-    """The normal heart size for a habitus: larger with BMI, blood pressure and male sex."""
-    s = 1.0 + 0.011 * (ehr.bmi - 25.0) + 0.002 * (ehr.systolic - 125.0) + (0.03 if ehr.sex == "M" else -0.02)
-    return float(np.clip(s, 0.82, 1.25))
+def expected_heart_scale(ehr: PatientEhr, design: HeartDesign = STANDARD) -> float:
+    """The normal heart size for a patient: larger with BMI, blood pressure and male sex."""
+    d = design
+    sex = d.sex_offset[1] if ehr.sex == "M" else d.sex_offset[0]
+    s = 1.0 + d.bmi_slope * (ehr.bmi - 25.0) + d.systolic_slope * (ehr.systolic - 125.0) + sex
+    return float(np.clip(s, *d.bounds))
 
 
 def sample_ehr(rng: np.random.Generator, ap_fraction: float = 0.35) -> PatientEhr:
@@ -178,13 +206,15 @@ def dicom_id_for(seed: int, index: int) -> str:
     return "-".join(h[i : i + 8] for i in range(0, 40, 8))
 
 
-def make_case(seed: int, index: int, abnormal: bool, split: str, anatomy: Anatomy) -> PhantomCase:
+def make_case(
+    seed: int, index: int, abnormal: bool, split: str, anatomy: Anatomy, design: HeartDesign = STANDARD
+) -> PhantomCase:
     """Case ``index`` of dataset ``seed``: the same arguments always give the same case."""
     rng = np.random.default_rng([seed, index])
     ehr = sample_ehr(rng)
     acq = sample_acquisition(rng, ehr)
-    expected = expected_heart_scale(ehr)
-    heart = float(np.clip(expected + rng.normal(0.0, 0.02), 0.8, 1.3))
+    expected = expected_heart_scale(ehr, design)
+    heart = float(np.clip(expected + rng.normal(0.0, 0.02), design.bounds[0] - 0.02, design.bounds[1] + 0.05))
     findings: tuple[Finding, ...] = ()
     if abnormal:
         first = FINDING_KINDS[int(rng.integers(len(FINDING_KINDS)))]
@@ -194,7 +224,7 @@ def make_case(seed: int, index: int, abnormal: bool, split: str, anatomy: Anatom
             kinds.append(others[int(rng.integers(len(others)))])
         findings = tuple(sample_finding(rng, anatomy, k) for k in kinds)
         if "cardiomegaly" in kinds:
-            heart = float(min(expected + CARDIOMEGALY_EXTRA + abs(rng.normal(0.0, 0.03)), 1.5))
+            heart = float(min(expected + design.cardiomegaly_extra + abs(rng.normal(0.0, 0.03)), 1.5))
     return PhantomCase(
         index=index,
         subject_id=19_000_000 + index,
