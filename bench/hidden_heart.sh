@@ -45,3 +45,19 @@ for level in $LEVELS; do
 done
 "$PY" bench/ehr_ceiling.py --design hidden-heart --data "$DATA" --noehr "$OUT/noehr-L50.json" \
   --out "$OUT/ceiling.json"
+# the RESULTS.md table (conclusions are added by hand)
+"$PY" - "$OUT" "$LEVELS" > "$OUT/section.md" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out, levels = Path(sys.argv[1]), sys.argv[2].split()
+print("| noise level | arm | AUROC | AP | sens@95spec | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
+print("|---|---|---|---|---|---|---|---|---|")
+for level in levels:
+    for arm in ("ehr", "noehr"):
+        r = json.loads((out / f"{arm}-L{level}.json").read_text())
+        per = r["per_finding_auroc"]
+        cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
+        print(f"| L{level} | {'EHR' if arm == 'ehr' else 'image-only'} | {r['auroc']:.3f} | {r['ap']:.3f} "
+              f"| {r['sensitivity_at_95_specificity']:.2f} | {cells} |")
+PYEOF
+cat "$OUT/section.md"
