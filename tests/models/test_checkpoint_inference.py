@@ -92,7 +92,8 @@ def test_raw_residuals_are_the_scored_maps(tiny_checkpoint: Path) -> None:
     scored = scorer.score_batch(items, noise_level=50, steps=2)
     for m, geo, r in zip(maps, geos, scored, strict=True):
         assert np.allclose(geo.to_source(m), r.anomaly_map, atol=1e-5)
-    assert not np.allclose(scorer.raw_residuals(items[:1], noise_level=50, steps=2, use_ehr=False)[0], maps[:1])
+    hidden, _ = scorer.raw_residuals(items[:1], noise_level=50, steps=2, use_ehr=False)
+    assert not np.allclose(hidden, maps[:1])
 
 
 def test_incompatible_checkpoints_fail_clearly(tiny_checkpoint: Path, tmp_path: Path) -> None:
