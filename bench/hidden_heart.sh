@@ -7,6 +7,7 @@
 # full test split at the shipped sampling (noise, L 50, 1 step, 8 draws) and at a higher noise level, and
 # the ceiling is computed from the generator's truth. About 1.5 h on 2 CPU cores. From the repo root:
 #   bench/hidden_heart.sh            (results: bench/results/hidden-heart/, work: var/hidden/)
+#   STAGE2=2000 PREFIX=long- bench/hidden_heart.sh   (both arms with 2000 stage-2 steps, same stage 1)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -15,6 +16,8 @@ WORK="${WORK:-var/hidden}"
 OUT="${OUT:-bench/results/hidden-heart}"
 THREADS="${THREADS:-2}"
 LEVELS="${LEVELS:-50 150}"
+STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
+PREFIX="${PREFIX:-}"  # names the arms' folders and results
 mkdir -p "$OUT" "$WORK"
 
 if [ ! -f "$DATA/mimic-cxr-2.0.0-split.csv" ]; then
@@ -26,38 +29,39 @@ if [ ! -f "$WORK/stage1/model.safetensors" ]; then
     --out "$WORK/stage1" --threads "$THREADS" --quiet
 fi
 for arm in ehr noehr; do
-  if [ ! -f "$WORK/$arm/model.safetensors" ]; then
+  if [ ! -f "$WORK/$PREFIX$arm/model.safetensors" ]; then
     flag=""; [ "$arm" = noehr ] && flag="--no-ehr"
-    "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$arm" \
-      --threads "$THREADS" --quiet
+    "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$arm" \
+      --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$THREADS" --quiet
   fi
 done
 export OMP_NUM_THREADS="$THREADS" DIFF3M_CPU_THREADS="$THREADS"
 for level in $LEVELS; do
   for arm in ehr noehr; do
-    ckpt="$WORK/$arm-L$level"
-    if [ ! -f "$OUT/$arm-L$level.json" ]; then
-      rm -rf "$ckpt" && cp -r "$WORK/$arm" "$ckpt"
-      "$DIFF3M" calibrate --checkpoint "$ckpt" --data "$DATA" --noise-level "$level" > "$OUT/$arm-L$level-calibration.json"
-      "$DIFF3M" evaluate --checkpoint "$ckpt" --data "$DATA" --split test --out "$OUT/$arm-L$level.json" --quiet
+    name="$PREFIX$arm-L$level"
+    if [ ! -f "$OUT/$name.json" ]; then
+      rm -rf "$WORK/$name" && cp -r "$WORK/$PREFIX$arm" "$WORK/$name"
+      "$DIFF3M" calibrate --checkpoint "$WORK/$name" --data "$DATA" --noise-level "$level" \
+        > "$OUT/$name-calibration.json"
+      "$DIFF3M" evaluate --checkpoint "$WORK/$name" --data "$DATA" --split test --out "$OUT/$name.json" --quiet
     fi
   done
 done
-"$PY" bench/ehr_ceiling.py --design hidden-heart --data "$DATA" --noehr "$OUT/noehr-L50.json" \
-  --out "$OUT/ceiling.json"
+"$PY" bench/ehr_ceiling.py --design hidden-heart --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
+  --out "$OUT/${PREFIX}ceiling.json"
 # the RESULTS.md table (conclusions are added by hand)
-"$PY" - "$OUT" "$LEVELS" > "$OUT/section.md" <<'PYEOF'
+"$PY" - "$OUT" "$LEVELS" "$PREFIX" > "$OUT/${PREFIX}section.md" <<'PYEOF'
 import json, sys
 from pathlib import Path
-out, levels = Path(sys.argv[1]), sys.argv[2].split()
+out, levels, prefix = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
 print("| noise level | arm | AUROC | AP | sens@95spec | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
 print("|---|---|---|---|---|---|---|---|---|")
 for level in levels:
     for arm in ("ehr", "noehr"):
-        r = json.loads((out / f"{arm}-L{level}.json").read_text())
+        r = json.loads((out / f"{prefix}{arm}-L{level}.json").read_text())
         per = r["per_finding_auroc"]
         cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
         print(f"| L{level} | {'EHR' if arm == 'ehr' else 'image-only'} | {r['auroc']:.3f} | {r['ap']:.3f} "
               f"| {r['sensitivity_at_95_specificity']:.2f} | {cells} |")
 PYEOF
-cat "$OUT/section.md"
+cat "$OUT/${PREFIX}section.md"
