@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from diff3m.models.calibrate import STATS_IMAGES, readable
 from diff3m.models.data import CxrSample, load_dataset
 from diff3m.models.evaluate import binary_metrics, per_finding_auroc
-from diff3m.models.inference import Diff3MScorer
+from diff3m.models.inference import Diff3MScorer, smooth_map
 from diff3m.models.normative import ResidualStats
 from diff3m.models.train import training_samples
 
@@ -68,8 +67,8 @@ def aggregate(z: np.ndarray, how: str) -> np.ndarray:
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Each map smoothed as the scorer does (Gaussian, edge pixels repeated)."""
-    return np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="nearest") for m in maps])
+    """Each map smoothed as the scorer does."""
+    return np.stack([smooth_map(m, sigma) for m in maps])
 
 
 def study(levels: list[int], device: str) -> dict[str, Any]:

@@ -51,6 +51,11 @@ class MapScores:
     box: tuple[int, int, int, int] | None  # r0, c0, r1, c1 (exclusive) on the grid
 
 
+def smooth_map(diff: np.ndarray, sigma: float) -> np.ndarray:
+    """A residual map smoothed as every smoothed score reads it (Gaussian, edge pixels repeated), float64."""
+    return ndimage.gaussian_filter(np.asarray(diff, dtype=np.float64), sigma=sigma, mode="nearest")
+
+
 def map_scores(
     diff: np.ndarray, geo: Geometry, sigma: float, stats: ResidualStats | None = None
 ) -> MapScores:
@@ -60,7 +65,7 @@ def map_scores(
     smoothed map.
     """
     content = geo.content(diff).astype(np.float64)
-    smooth = ndimage.gaussian_filter(content, sigma=sigma, mode="nearest")
+    smooth = smooth_map(content, sigma)
     scores = {
         "mse": float(np.mean(content**2)),
         "max_abs": float(content.max()),
@@ -69,7 +74,7 @@ def map_scores(
     }
     peak_map = smooth
     if stats is not None:
-        full = ndimage.gaussian_filter(diff.astype(np.float64), sigma=sigma, mode="nearest")
+        full = smooth_map(diff, sigma)
         peak_map = geo.content(stats.z(full))
         scores["normalized_max"] = float(peak_map.max())
     peak = float(peak_map.max())
@@ -191,8 +196,7 @@ class Diff3MScorer:
     ) -> np.ndarray:
         """Smoothed residual maps |x - x_hat| on the model grid [N, S, S], with the checkpoint's recipe."""
         raw, _ = self.raw_residuals(items, seed=seed, batch_size=batch_size)
-        smooth = [ndimage.gaussian_filter(d.astype(np.float64), self.sigma, mode="nearest") for d in raw]
-        return np.stack(smooth)
+        return np.stack([smooth_map(d, self.sigma) for d in raw])
 
     @property
     def sigma(self) -> float:
