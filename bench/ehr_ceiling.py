@@ -17,7 +17,7 @@ model:
 Usage:
 
     python bench/ehr_ceiling.py [--report --machine "..."]
-    python bench/ehr_ceiling.py --design hidden-heart --data var/phantoms-hidden \
+    python bench/ehr_ceiling.py --data var/phantoms-hidden \
         --noehr bench/results/hidden-heart/noehr.json --out bench/results/hidden-heart/ceiling.json
 """
 
@@ -37,11 +37,10 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import r2_score, roc_auc_score
 
 from diff3m.models.data import load_dataset
-from diff3m.models.data.phantoms import make_cases
-from diff3m.models.data.phantoms.cases import DESIGNS, HeartDesign, PhantomCase, expected_heart_scale
+from diff3m.models.data.phantoms import PhantomSet
+from diff3m.models.data.phantoms.cases import HeartDesign, PhantomCase, expected_heart_scale
 
-DATA = Path("var/phantoms-2500")  # scripts/train_demo.py PHANTOMS, written with these arguments:
-PHANTOMS = {"n_normal": 2000, "n_abnormal": 500, "seed": 0, "fractions": (0.8, 0.05, 0.15)}
+DATA = Path("var/phantoms-2500")  # scripts/train_demo.py PHANTOMS
 NOEHR = Path("bench/results/cpu-noise/noehr.json")  # the image-only arm of the ablation
 OUT = Path("bench/results/ehr-ceiling.json")
 
@@ -137,8 +136,7 @@ def report(r: dict[str, Any], machine: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--design", default="standard", choices=sorted(DESIGNS), help="the phantoms' design")
-    ap.add_argument("--data", type=Path, default=DATA, help="the phantom folder (for the pixel models)")
+    ap.add_argument("--data", type=Path, default=DATA, help="phantom folder (gives the design)")
     ap.add_argument("--noehr", type=Path, default=NOEHR, help="evaluate JSON of the image-only arm")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report", action="store_true", help="append the section to bench/RESULTS.md")
@@ -150,13 +148,14 @@ def main() -> None:
             f.write(text)
         print(text)
         return
-    design = DESIGNS[args.design]
+    phantoms = PhantomSet.read(args.data)
+    design = phantoms.design
     result = {
         "date": dt.date.today().isoformat(),
         "design": design.name,
         "out": str(args.out),
         "cardiomegaly_extra": design.cardiomegaly_extra,
-        "readers": readers(make_cases(**PHANTOMS, design=design.name), design),  # type: ignore[arg-type]
+        "readers": readers(list(phantoms.cases), design),
         "pixels": ehr_from_pixels(args.data),
         "ceiling": ceiling(json.loads(args.noehr.read_text())),
     }

@@ -31,8 +31,8 @@ import torch
 
 from diff3m.models.calibrate import readable
 from diff3m.models.data import CxrSample, load_dataset
-from diff3m.models.data.phantoms import make_cases
-from diff3m.models.data.phantoms.cases import DESIGNS, expected_heart_scale
+from diff3m.models.data.phantoms import PhantomSet
+from diff3m.models.data.phantoms.cases import expected_heart_scale
 from diff3m.models.data.phantoms.render import render
 from diff3m.models.inference import Diff3MScorer
 from diff3m.models.schedule import timestep_grid
@@ -42,24 +42,24 @@ PRESSURES = (95.0, 165.0)  # mmHg: 60 apart, about 4 sd of the phantoms' spread
 
 
 def true_change(data: Path, samples: list[CxrSample], size: int) -> torch.Tensor | None:
-    """Rendered image at the high pressure's expected heart minus at the low one's [N, 1, S, S]."""
-    manifest = data / "phantoms.json"
-    if not manifest.is_file():
+    """Rendered image at the high pressure's expected heart minus at the low one's [N, 1, S, S].
+
+    None unless ``data`` is a phantom folder rendered at the model's grid size.
+    """
+    if not (data / "phantoms.json").is_file():
         return None
-    m = json.loads(manifest.read_text())
-    design = DESIGNS[m.get("design", {}).get("name", "standard")]
-    cases = make_cases(m["n_normal"], m["n_abnormal"], m["seed"], tuple(m["split_fractions"]), design.name)
-    by_subject = {str(c.subject_id): c for c in cases}
+    phantoms = PhantomSet.read(data)
+    if phantoms.size != size:
+        return None
+    by_subject = {str(c.subject_id): c for c in phantoms.cases}
     maps = []
     for s in samples:
         case = by_subject[s.subject_id]
         imgs = []
         for p in PRESSURES:
-            scale = expected_heart_scale(dataclasses.replace(case.ehr, systolic=p), design)
-            imgs.append(render(dataclasses.replace(case, heart_scale=scale), m["size"], m["seed"]).image)
+            scale = expected_heart_scale(dataclasses.replace(case.ehr, systolic=p), phantoms.design)
+            imgs.append(render(dataclasses.replace(case, heart_scale=scale), size, phantoms.seed).image)
         maps.append(imgs[1] - imgs[0])
-    if m["size"] != size:
-        return None
     return torch.from_numpy(np.stack(maps).astype(np.float32))[:, None]
 
 

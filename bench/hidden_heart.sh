@@ -47,7 +47,7 @@ for level in $LEVELS; do
     fi
   done
 done
-"$PY" bench/ehr_ceiling.py --design hidden-heart --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
+"$PY" bench/ehr_ceiling.py --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
   --out "$OUT/${PREFIX}ceiling.json"
 # the RESULTS.md table (conclusions are added by hand)
 "$PY" - "$OUT" "$LEVELS" "$PREFIX" > "$OUT/${PREFIX}section.md" <<'PYEOF'

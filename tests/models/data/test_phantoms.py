@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from diff3m.cli import app
 from diff3m.models.data import load_dataset
-from diff3m.models.data.phantoms import generate_dataset, make_cases
+from diff3m.models.data.phantoms import PhantomSet, generate_dataset, make_cases
 from diff3m.models.data.phantoms.anatomy import load_anatomy
 from diff3m.models.data.phantoms.cases import (
     CARDIOMEGALY_EXTRA,
@@ -177,3 +177,8 @@ def test_phantoms_command(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads((hidden / "phantoms.json").read_text())["design"]["name"] == "hidden-heart"
+    # the folder's manifest rebuilds the same cases, with its design, seed and size
+    written = PhantomSet.read(hidden)
+    assert (written.design, written.seed, written.size) == (DESIGNS["hidden-heart"], 0, 16)
+    assert written.cases == tuple(make_cases(1, 0, 0, design="hidden-heart"))
+    assert PhantomSet.read(out).design == DESIGNS["standard"]

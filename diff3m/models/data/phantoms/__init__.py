@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from diff3m.models.data.phantoms.anatomy import load_anatomy
-from diff3m.models.data.phantoms.cases import DESIGNS, PhantomCase, make_case
+from diff3m.models.data.phantoms.cases import DESIGNS, STANDARD, HeartDesign, PhantomCase, make_case
 from diff3m.models.data.phantoms.mimic_writer import study_rows, write_image, write_tables
 from diff3m.models.data.phantoms.render import render
 
@@ -26,6 +26,21 @@ class PhantomSet:
 
     root: Path
     cases: tuple[PhantomCase, ...]
+    seed: int = 0
+    size: int = 128
+    design: HeartDesign = STANDARD
+
+    @classmethod
+    def read(cls, root: Path) -> PhantomSet:
+        """A written folder's cases, rebuilt from its ``phantoms.json`` (FileNotFoundError without one).
+
+        Folders written before designs existed are ``standard``.
+        """
+        m = json.loads((Path(root) / "phantoms.json").read_text())
+        design = DESIGNS[m.get("design", {}).get("name", "standard")]
+        fractions = tuple(m["split_fractions"])
+        cases = make_cases(m["n_normal"], m["n_abnormal"], m["seed"], fractions, design.name)
+        return cls(Path(root), tuple(cases), int(m["seed"]), int(m["size"]), design)
 
     def count(self, split: str | None = None, normal: bool | None = None) -> int:
         """Number of cases in ``split`` (all if None) that are normal / abnormal (both if None)."""
@@ -114,4 +129,4 @@ def generate_dataset(
         "cases": [asdict(c) for c in cases],
     }
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=1))
-    return PhantomSet(out, tuple(cases))
+    return PhantomSet(out, tuple(cases), seed, size, DESIGNS[design])

@@ -22,7 +22,6 @@ FINDING_LABELS: dict[str, str] = {
 }
 
 
-
 @dataclass(frozen=True)
 class HeartDesign:
     """How a phantom's normal heart scale follows its EHR, and how much larger cardiomegaly makes it.
