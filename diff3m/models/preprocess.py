@@ -209,7 +209,10 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
         return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
     if function == "LINEAR_EXACT":
         return np.clip((values - (c - w / 2)) / w, 0, 1)
-    return np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+    # LINEAR (PS3.3 C.11.2.1.2.1): piecewise, so that width 1 is a threshold at c - 0.5, not 0 / 0
+    low, high = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    ramp = (values - (c - 0.5)) / max(w - 1, 1.0) + 0.5
+    return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(ramp, 0, 1)))
 
 
 def _is_multi(value: Any) -> bool:

@@ -145,3 +145,17 @@ def test_png_8_and_16_bit_and_dicom_file(tmp_path: Path) -> None:
     with pytest.raises(PreprocessError):
         load_image(tmp_path / "bad.png")
     assert pydicom.dcmread(tmp_path / "c.dcm").Rows == 10
+
+
+@pytest.mark.parametrize("center", [100.5, 4.5036e15])
+def test_window_of_width_one_is_a_threshold(center: float) -> None:
+    """Width 1 (legal for LINEAR) divides by w - 1 = 0 in the closed form; the standard's piecewise
+    form makes it a threshold at c - 0.5. The huge centre is the fuzzer's case: slope 0, intercept at c."""
+    px = ramp(4, 4, 90, 110)
+    tags: dict[str, object] = {"WindowCenter": center, "WindowWidth": 1}
+    if center > 1e6:
+        tags |= {"RescaleSlope": 0, "RescaleIntercept": center}
+    img = prepare_dicom(make_ds(px, 12, **tags))
+    assert np.isfinite(img.pixels).all() and set(np.unique(img.pixels)) <= {0.0, 1.0}
+    if center < 1e6:
+        assert np.array_equal(img.pixels, (px > 100).astype(np.float32))
