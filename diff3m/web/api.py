@@ -68,22 +68,14 @@ def get_study(request: Request, study_uid: str) -> StudyDetail:
     """One study: status, score vs threshold, priority, EHR used with sources, outputs, deliveries."""
     settings = settings_of(request)
     with session_scope(settings.database.url) as s:
-        try:
-            return queries.study_detail(s, study_uid, extra_field_names(settings))
-        except queries.NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        return queries.study_detail(s, study_uid, extra_field_names(settings))
 
 
 @router.post("/studies/{study_uid}/rerun", response_model=ActionResult)
 def rerun(request: Request, study_uid: str) -> ActionResult:
     """Queue the study again (attempts reset); the pipeline's sweeper picks it up."""
     with session_scope(settings_of(request).database.url) as s:
-        try:
-            study = queries.rerun_study(s, study_uid)
-        except queries.NotFound as err:
-            raise HTTPException(404, str(err)) from None
-        except queries.Conflict as err:
-            raise HTTPException(409, str(err)) from None
+        study = queries.rerun_study(s, study_uid)  # NotFound -> 404, Conflict -> 409 (web.app)
         log.info("rerun requested", extra={"study_uid": study.study_uid})
         return ActionResult(ok=True, id=study.study_uid, status=study.status.value,
                             detail="queued; the pipeline picks it up on its next sweep")
@@ -93,12 +85,7 @@ def rerun(request: Request, study_uid: str) -> ActionResult:
 def retry(request: Request, delivery_id: int) -> ActionResult:
     """Make a dead or pending delivery due now."""
     with session_scope(settings_of(request).database.url) as s:
-        try:
-            delivery = queries.retry_delivery(s, delivery_id)
-        except queries.NotFound as err:
-            raise HTTPException(404, str(err)) from None
-        except queries.Conflict as err:
-            raise HTTPException(409, str(err)) from None
+        delivery = queries.retry_delivery(s, delivery_id)
         log.info("delivery retry requested", extra={"delivery_id": delivery.id})
         return ActionResult(ok=True, id=str(delivery.id), status=delivery.status.value,
                             detail="pending; the outbox sends it on its next pass")
@@ -109,10 +96,7 @@ def _png(request: Request, study_uid: str, kind: str, max_px: int) -> Response:
     settings = settings_of(request)
     storage = settings.node.storage_dir
     with session_scope(settings.database.url) as s:
-        try:
-            study = queries.get_study(s, study_uid)
-        except queries.NotFound as err:
-            raise HTTPException(404, str(err)) from None
+        study = queries.get_study(s, study_uid)
         row = queries.latest_result(s, study)
         inst = queries.evaluated_instance(s, study, row)
         if inst is None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from diff3m import __version__
 from diff3m.config import Settings
-from diff3m.web import api, health, metrics, pages
+from diff3m.web import api, health, metrics, pages, queries
 from diff3m.web.auth import check_bind, login_router, make_middleware
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,14 @@ def _mount_dicomweb(app: FastAPI, settings: Settings) -> bool:
     factory = getattr(dicomweb, "dicomweb_router", None)
     app.include_router(factory(settings) if factory is not None else getattr(dicomweb, "router"))  # noqa: B009
     return True
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -53,5 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(login_router(settings))
     app.include_router(api.router)
     app.include_router(pages.router)
+    # a missing study/delivery is 404 and a request that does not fit its state 409, in every handler
+    # that does not answer them itself (the pages turn a Conflict into a message on the study page)
+    app.add_exception_handler(queries.NotFound, _not_found)
+    app.add_exception_handler(queries.Conflict, _conflict)
     app.state.dicomweb = _mount_dicomweb(app, settings)
     return app

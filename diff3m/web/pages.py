@@ -100,8 +100,6 @@ def rerun_form(request: Request, study_uid: str) -> Response:
     with session_scope(settings_of(request).database.url) as s:
         try:
             queries.rerun_study(s, study_uid)
-        except queries.NotFound as err:
-            raise HTTPException(404, str(err)) from None
         except queries.Conflict as err:
             return _back(study_uid, str(err), error=True)
     return _back(study_uid, "Queued again; the pipeline picks it up on its next sweep.")
@@ -114,8 +112,6 @@ def retry_form(request: Request, delivery_id: int, study_uid: str = Form("")) ->
         try:
             queries.retry_delivery(s, delivery_id)
             msg, err = f"Delivery {delivery_id} is due now.", False
-        except queries.NotFound as e:
-            raise HTTPException(404, str(e)) from None
         except queries.Conflict as e:
             msg, err = str(e), True
     if not study_uid:

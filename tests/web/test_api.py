@@ -80,7 +80,8 @@ def test_detail_ehr_unavailable_and_not_fetched(client: TestClient, seeded: dict
     assert body["status"] == "failed" and "out of memory" in body["error"]
     assert body["ehr"]["available"] is None and body["ehr"]["reason"] == "EHR not fetched yet"
     assert body["score"] is None and body["outputs"] == [] and body["model"] is None
-    assert client.get("/api/studies/1.2.3.4.5").status_code == 404
+    missing = client.get("/api/studies/1.2.3.4.5")
+    assert missing.status_code == 404 and missing.json() == {"detail": "no study 1.2.3.4.5"}
 
 
 def test_rerun_queues_study_and_audits(client: TestClient, settings, seeded: dict[int, Seeded]) -> None:
@@ -93,7 +94,8 @@ def test_rerun_queues_study_and_audits(client: TestClient, settings, seeded: dic
         ev = s.scalar(select(AuditEvent).where(AuditEvent.kind == "rerun_requested"))
         assert ev.study_id == study.id and ev.detail["from"] == "failed"
         study.status = StudyStatus.RECEIVING
-    assert client.post(f"/api/studies/{uid}/rerun").status_code == 409
+    busy = client.post(f"/api/studies/{uid}/rerun")
+    assert busy.status_code == 409 and "wait until it is complete" in busy.json()["detail"]
     assert client.post("/api/studies/9.9.9/rerun").status_code == 404
 
 
@@ -111,6 +113,7 @@ def test_retry_delivery(client: TestClient, settings, seeded: dict[int, Seeded])
         assert s.get(Delivery, pending_id).attempts == 2  # a pending one keeps its count
     assert client.post(f"/api/deliveries/{done_id}/retry").status_code == 409
     assert client.post("/api/deliveries/999999/retry").status_code == 404
+    assert client.post("/deliveries/999999/retry", data={"study_uid": "x"}).status_code == 404  # the form
 
 
 def _png(resp) -> Image.Image:
