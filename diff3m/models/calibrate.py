@@ -25,7 +25,7 @@ STATS_IMAGES = 200  # training normals for the residual statistics
 THRESHOLD_IMAGES = 100  # validation normals for the threshold
 QUANTILE = 0.95  # threshold = this quantile of validation-normal scores (target specificity)
 VALIDATION = ("validate", "val", "valid", "validation")
-RECIPE_KEYS = ("encoding", "noise_level", "steps", "draws", "score_name")
+RECIPE_KEYS = ("encoding", "noise_level", "steps", "draws", "ehr_guidance", "score_name")
 
 
 def readable(samples: Sequence[CxrSample]) -> list[tuple[PreparedImage, dict[str, FieldValue]]]:
@@ -90,7 +90,8 @@ def calibrate(
     stats_images: int = STATS_IMAGES,
     threshold_images: int = THRESHOLD_IMAGES,
 ) -> dict[str, Any]:
-    """Set the sampling ``recipe`` (encoding, noise_level, steps, draws, score_name), then refit both.
+    """Set the sampling ``recipe`` (encoding, noise_level, steps, draws, ehr_guidance, score_name), then
+    refit both.
 
     A score that needs residual statistics is switched on only once they are written, so the checkpoint
     loads at every step.

@@ -26,6 +26,7 @@ TRAINING_FILE = "training.json"
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
 SCORE_NAMES = ("mse", "max_abs", "smoothed_max", "smoothed_mean", "normalized_max")
 NEEDS_STATS = ("normalized_max",)  # scores that need residual_stats.safetensors (normative.py)
+MAX_EHR_GUIDANCE = 10.0  # beyond this the amplified difference is mostly the model's noise
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +45,7 @@ class CheckpointConfig:
     score_name: str = "mse"
     encoding: str = "inversion"  # how the image reaches the noise level (diffusion.ENCODINGS)
     draws: int = 1  # noise draws averaged per image ("noise" encoding)
+    ehr_guidance: float = 1.0  # EHR guidance scale (diffusion.guided); 1 = the plain conditional model
     threshold: float = 0.0
     use_ehr: bool = True  # trained with EHR conditioning (False: image-only ablation)
     model_name: str = MODEL_NAME
@@ -68,6 +70,7 @@ class CheckpointConfig:
             "noise_level": self.noise_level,
             "encoding": self.encoding,
             "draws": self.draws,
+            "ehr_guidance": self.ehr_guidance,
             "score_name": self.score_name,
             "threshold": self.threshold,
             "use_ehr": self.use_ehr,
@@ -94,6 +97,7 @@ class CheckpointConfig:
                 score_name=str(data.get("score_name", "mse")),
                 encoding=str(data.get("encoding", "inversion")),
                 draws=int(data.get("draws", 1)),
+                ehr_guidance=float(data.get("ehr_guidance", 1.0)),
                 threshold=float(data.get("threshold", 0.0)),
                 use_ehr=bool(data.get("use_ehr", True)),
                 model_version=str(data.get("model_version", "")),
@@ -107,6 +111,10 @@ class CheckpointConfig:
             raise CheckpointError(f"unknown encoding {cfg.encoding!r}; expected one of {ENCODINGS}")
         if cfg.draws < 1:
             raise CheckpointError(f"draws must be at least 1, got {cfg.draws}")
+        if not 0.0 <= cfg.ehr_guidance <= MAX_EHR_GUIDANCE:
+            raise CheckpointError(
+                f"ehr_guidance must be within 0..{MAX_EHR_GUIDANCE:g}, got {cfg.ehr_guidance}"
+            )
         if cfg.schedule.timesteps != cfg.profile.timesteps:
             raise CheckpointError("schedule and profile disagree on the number of timesteps")
         return cfg

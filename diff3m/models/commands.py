@@ -77,6 +77,10 @@ def calibrate_command(
     noise_level: Annotated[int | None, typer.Option("--noise-level", min=2)] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1)] = None,
     draws: Annotated[int | None, typer.Option("--draws", min=1)] = None,
+    ehr_guidance: Annotated[
+        float | None,
+        typer.Option("--ehr-guidance", min=0.0, help="EHR guidance scale (1: the plain conditional model)"),
+    ] = None,
     score: Annotated[str | None, typer.Option("--score", help="mse | max_abs | smoothed_max | ...")] = None,
     stats_images: Annotated[int, typer.Option("--stats-images", min=0, help="training normals")] = 200,
     threshold_images: Annotated[
@@ -95,6 +99,7 @@ def calibrate_command(
         "noise_level": noise_level,
         "steps": steps,
         "draws": draws,
+        "ehr_guidance": ehr_guidance,
         "score_name": score,
     }
     try:
@@ -131,6 +136,10 @@ def score_command(
     draws: Annotated[
         int | None, typer.Option("--draws", help="noise draws averaged (noise encoding)")
     ] = None,
+    ehr_guidance: Annotated[
+        float | None,
+        typer.Option("--ehr-guidance", min=0.0, help="EHR guidance scale (default: the checkpoint's)"),
+    ] = None,
     no_ehr: Annotated[bool, typer.Option("--no-ehr")] = False,
     threshold: Annotated[float | None, typer.Option("--threshold")] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
@@ -154,6 +163,7 @@ def score_command(
             threshold=threshold,
             encoding=encoding,
             draws=draws,
+            ehr_guidance=ehr_guidance,
         )[0]
         t3 = time.perf_counter()
     except (CheckpointError, PreprocessError, ValueError, OSError) as err:

@@ -16,6 +16,34 @@ ENCODINGS = ("inversion", "noise")
 
 # denoiser(x_t, t) -> (predicted noise, masked reconstruction of x_t or None)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+# conditional model(x_t, t, cond) -> the same pair
+ConditionalModel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]
+]
+
+
+def guided(
+    model: ConditionalModel, cond: torch.Tensor | None, reference: torch.Tensor | None, scale: float
+) -> Denoiser:
+    """The denoiser for ``cond``, pushed ``scale`` times as far from ``reference`` as ``cond`` lies.
+
+    Guidance as in classifier-free guidance (Ho & Salimans 2022), with a reference condition in place
+    of the unconditional one: ``out = out_ref + scale * (out_cond - out_ref)`` for the noise and the
+    masked reconstruction. Scale 1 (or no reference) is the plain conditional model, one pass per step;
+    otherwise both conditions run as one batch of twice the size.
+    """
+    if reference is None or cond is None or scale == 1.0:
+        return lambda x, t: model(x, t, cond)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        eps, gen = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, reference]))
+        eps_c, eps_r = eps.chunk(2)
+        if gen is None:
+            return eps_r + scale * (eps_c - eps_r), None
+        gen_c, gen_r = gen.chunk(2)
+        return eps_r + scale * (eps_c - eps_r), gen_r + scale * (gen_c - gen_r)
+
+    return denoise
 
 
 def _estimate(

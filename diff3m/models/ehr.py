@@ -112,6 +112,23 @@ class EhrEncoder:
             return np.zeros((0, self.n_tokens), np.float32), np.zeros((0, self.n_tokens), bool)
         return np.stack([e.values for e in enc]), np.stack([e.present for e in enc])
 
+    def population_reference(self, values: np.ndarray, group: str = "ehr") -> np.ndarray:
+        """Token values [B, n] with every numeric field of ``group`` at the training mean (z = 0).
+
+        What EHR guidance contrasts a patient's record with: the same study, demographics and presence,
+        but an average patient's measurements. Missing fields keep their missing token on both sides.
+        """
+        out = np.array(values, dtype=np.float32, copy=True)
+        i = 0
+        for spec in self.registry.fields:
+            if spec.kind == "numeric":
+                if spec.group == group:
+                    out[..., i] = 0.0
+                i += 1
+            else:
+                i += len(spec.categories)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for config.json (fields and normalisation statistics)."""
         return {

@@ -19,7 +19,7 @@ from diff3m.models.data import CxrSample, load_dataset, normalise_split
 from diff3m.models.data.plots import MontageCase, montage, pr_plot, roc_plot
 
 MONTAGE_CASES = 6
-SAMPLING_KEYS = ("steps", "noise_level", "encoding", "draws")
+SAMPLING_KEYS = ("steps", "noise_level", "encoding", "draws", "ehr_guidance")
 THUMB = 96
 
 

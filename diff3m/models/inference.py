@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 
 from diff3m.models import checkpoint
-from diff3m.models.diffusion import ENCODINGS, noised_reconstruction, reconstruct
+from diff3m.models.diffusion import ENCODINGS, guided, noised_reconstruction, reconstruct
 from diff3m.models.normative import ResidualStats
 from diff3m.models.preprocess import Geometry, PreparedImage
 from diff3m.models.schedule import DiffusionSchedule, timestep_grid
@@ -147,12 +147,14 @@ class Diff3MScorer:
         batch_size: int = 8,
         encoding: str | None = None,
         draws: int | None = None,
+        ehr_guidance: float | None = None,
     ) -> list[ScoreResult]:
         """Score images with their EHR; one ScoreResult per item, in order.
 
-        ``steps``, ``noise_level``, ``encoding`` and ``draws`` default to the checkpoint's sampling recipe.
+        ``steps``, ``noise_level``, ``encoding``, ``draws`` and ``ehr_guidance`` default to the checkpoint's
+        sampling recipe.
         """
-        sampling = self._sampling(steps, noise_level, encoding, draws)
+        sampling = self._sampling(steps, noise_level, encoding, draws, ehr_guidance)
         thr = self.threshold if threshold is None else float(threshold)
         ehr_on = bool(use_ehr and self.config.use_ehr)
         results: list[ScoreResult] = []
@@ -175,12 +177,13 @@ class Diff3MScorer:
         batch_size: int = 8,
         encoding: str | None = None,
         draws: int | None = None,
+        ehr_guidance: float | None = None,
     ) -> tuple[np.ndarray, list[Geometry]]:
         """Unsmoothed residual maps |x - x_hat| on the model grid [N, S, S] and each image's placement.
 
         The sampling arguments default to the checkpoint's recipe, as in ``score_batch``.
         """
-        sampling = self._sampling(steps, noise_level, encoding, draws)
+        sampling = self._sampling(steps, noise_level, encoding, draws, ehr_guidance)
         ehr_on = bool(use_ehr and self.config.use_ehr)
         maps: list[np.ndarray] = []
         geos: list[Geometry] = []
@@ -204,29 +207,39 @@ class Diff3MScorer:
         return max(1.0, self.image_size / 64)
 
     def _sampling(
-        self, steps: int | None, noise_level: int | None, encoding: str | None, draws: int | None
-    ) -> dict[str, int | str]:
+        self,
+        steps: int | None,
+        noise_level: int | None,
+        encoding: str | None,
+        draws: int | None,
+        ehr_guidance: float | None = None,
+    ) -> dict[str, int | str | float]:
         """The sampling recipe: the arguments given, the checkpoint's for the rest; checked."""
         level = noise_level or self.config.noise_level
         encoding = encoding or self.config.encoding
         draws = self.config.draws if draws is None else draws
+        guidance = self.config.ehr_guidance if ehr_guidance is None else float(ehr_guidance)
         if not 2 <= level <= self.config.schedule.timesteps:
             raise ValueError(f"noise level must be within 2..{self.config.schedule.timesteps}, got {level}")
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
+        if not 0.0 <= guidance <= checkpoint.MAX_EHR_GUIDANCE:
+            limit = checkpoint.MAX_EHR_GUIDANCE
+            raise ValueError(f"EHR guidance must be within 0..{limit:g}, got {guidance}")
         return {
             "steps": steps or self.config.steps,
             "noise_level": level,
             "encoding": encoding,
             "draws": draws,
+            "ehr_guidance": guidance,
         }
 
     def _residuals(
         self,
         chunk: Sequence[tuple[PreparedImage, EhrInput]],
-        sampling: dict[str, int | str],
+        sampling: dict[str, int | str | float],
         ehr_on: bool,
         seed: int,
     ) -> tuple[np.ndarray, tuple[Geometry, ...]]:
@@ -242,6 +255,7 @@ class Diff3MScorer:
             seed,
             str(sampling["encoding"]),
             int(sampling["draws"]),
+            float(sampling["ehr_guidance"]),
         )
         return (x0 - x_hat).abs()[:, 0].float().cpu().numpy(), geos
 
@@ -255,34 +269,40 @@ class Diff3MScorer:
         seed: int = 0,
         encoding: str = "inversion",
         draws: int = 1,
+        ehr_guidance: float = 1.0,
     ) -> torch.Tensor:
         """The "normal-looking" reconstruction of a batch of model-grid images [B, 1, S, S].
 
         ``inversion``: the published DDIM inversion and denoising (deterministic). ``noise``: the mean of
         ``draws`` reconstructions from independent noise (seeded by ``seed``, the same for every image),
-        all run as one batch.
+        all run as one batch. ``ehr_guidance`` other than 1 pushes each step away from the same study
+        with an average patient's measurements (``diffusion.guided``; twice the passes).
         """
         torch.manual_seed(seed)
         net = self.network
-        cond = None
+        cond = reference = None
         if use_ehr:
             v, present = self.config.ehr.encode_batch(values)
-            cond = net.condition(
-                x0, torch.from_numpy(v).to(self.device), torch.from_numpy(present).to(self.device)
-            )
+            mask = torch.from_numpy(present).to(self.device)
+            cond = net.condition(x0, torch.from_numpy(v).to(self.device), mask)
+            if ehr_guidance != 1.0:
+                average = self.config.ehr.population_reference(v)
+                reference = net.condition(x0, torch.from_numpy(average).to(self.device), mask)
         bf16 = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             if encoding == "inversion":
-                return reconstruct(self.schedule, lambda x, t: net(x, t, cond), x0, grid).float()
+                denoiser = guided(net, cond, reference, ehr_guidance)
+                return reconstruct(self.schedule, denoiser, x0, grid).float()
             many = x0.repeat(draws, 1, 1, 1)
             conds = None if cond is None else cond.repeat(draws, 1)
+            references = None if reference is None else reference.repeat(draws, 1)
             # the same draws for every image ("common random numbers"): a score does not depend on the batch
             gen = torch.Generator(self.device).manual_seed(seed)
             draw = torch.randn((draws, *x0.shape[1:]), generator=gen, device=self.device)
             noise = draw.repeat_interleave(x0.shape[0], dim=0)
-            x_hat = noised_reconstruction(
-                self.schedule, lambda x, t: net(x, t, conds, with_gen=False), many, grid, noise
-            )
+            without_gen = lambda x, t, c: net(x, t, c, with_gen=False)  # noqa: E731
+            denoiser = guided(without_gen, conds, references, ehr_guidance)
+            x_hat = noised_reconstruction(self.schedule, denoiser, many, grid, noise)
         return x_hat.float().view(draws, *x0.shape).mean(0)
 
     def _result(
@@ -292,7 +312,7 @@ class Diff3MScorer:
         thr: float,
         ehr_on: bool,
         seconds: float,
-        sampling: dict[str, int | str],
+        sampling: dict[str, int | str | float],
         img: PreparedImage,
     ) -> ScoreResult:
         ms = map_scores(diff, geo, self.sigma, self.residual_stats)

@@ -28,12 +28,14 @@ def test_calibrate_sets_recipe_statistics_and_threshold(tmp_path: Path, tiny_che
     assert not (ckpt / STATS_FILE).exists()
     args = ["calibrate", "--checkpoint", str(ckpt), "--data", str(data), "--device", "cpu"]
     recipe = ["--encoding", "noise", "--noise-level", "40", "--steps", "1", "--draws", "2"]
+    recipe += ["--ehr-guidance", "2"]
     res = CliRunner().invoke(app, [*args, *recipe, "--score", "normalized_max", "--threshold-images", "3"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["score_name"] == "normalized_max" and report["residual_stats_n"] == n_train
     cfg = checkpoint.load(ckpt).config
-    assert (cfg.encoding, cfg.noise_level, cfg.steps, cfg.draws) == ("noise", 40, 1, 2)
+    assert (cfg.encoding, cfg.noise_level, cfg.steps, cfg.draws, cfg.ehr_guidance) == ("noise", 40, 1, 2, 2.0)
+    assert report["ehr_guidance"] == 2.0
     assert cfg.threshold == report["threshold"] != before.threshold
     assert cfg.extra["calibration"] == {"n": 3, "quantile": 0.95, "source": "validation normals"}
     record = json.loads((ckpt / "calibration.json").read_text())

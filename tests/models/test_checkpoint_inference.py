@@ -173,3 +173,32 @@ def test_sampling_recipe_is_checkpoint_config(tiny_checkpoint: Path, tmp_path: P
     for bad, match in (({"encoding": "sideways"}, "encoding"), ({"draws": 0}, "draws")):
         with pytest.raises(CheckpointError, match=match):
             checkpoint.update_config(ckpt, **bad)
+
+
+def test_ehr_guidance(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    scorer = Diff3MScorer.load(tiny_checkpoint, device="cpu")
+    measured = [(image(5), {"age": 60.0, "sex": "M", "bmi": 34.0, "systolic": 160.0, "weight": 110.0})]
+    plain = scorer.score_batch(measured, seed=0)[0]
+    assert plain.params["ehr_guidance"] == 1.0
+    same = scorer.score_batch(measured, seed=0, ehr_guidance=1.0)[0]
+    assert np.array_equal(plain.anomaly_map, same.anomaly_map)
+    pushed = scorer.score_batch(measured, seed=0, ehr_guidance=4.0)[0]
+    assert pushed.params["ehr_guidance"] == 4.0 and not np.allclose(pushed.anomaly_map, plain.anomaly_map)
+    # nothing measured: the reference is the record itself, so guidance changes nothing
+    demographics = [(image(5), {"age": 60.0, "sex": "M"})]
+    a = scorer.score_batch(demographics, seed=0)[0]
+    b = scorer.score_batch(demographics, seed=0, ehr_guidance=4.0)[0]
+    assert np.allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+    off = scorer.score_batch(measured, seed=0, use_ehr=False, ehr_guidance=4.0)[0]  # image-only: no guidance
+    assert np.array_equal(off.anomaly_map, scorer.score_batch(measured, seed=0, use_ehr=False)[0].anomaly_map)
+    noise = scorer.score_batch(measured, encoding="noise", draws=2, steps=1, ehr_guidance=4.0)[0]
+    assert np.isfinite(noise.anomaly_map).all()
+    with pytest.raises(ValueError, match="guidance"):
+        scorer.score_batch(measured, ehr_guidance=-1.0)
+    ckpt = tmp_path / "c"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    assert checkpoint.update_config(ckpt, ehr_guidance=3).ehr_guidance == 3.0
+    assert Diff3MScorer.load(ckpt, device="cpu").score_batch(measured)[0].params["ehr_guidance"] == 3.0
+    for bad in (11.0, float("nan"), -0.5):
+        with pytest.raises(CheckpointError, match="ehr_guidance"):
+            checkpoint.update_config(ckpt, ehr_guidance=bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diff3m.models.diffusion import ddim_invert, noised_reconstruction, reconstruct
+from diff3m.models.diffusion import ddim_invert, guided, noised_reconstruction, reconstruct
 from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig, timestep_grid
 
 SCHED = DiffusionSchedule(ScheduleConfig())
@@ -80,3 +80,25 @@ def test_noised_reconstruction_pulls_an_outlier_back_to_the_normal_data() -> Non
     assert torch.equal(x_hat, again)  # deterministic given the noise
     one_step = noised_reconstruction(SCHED, den, x0, [0, 299], noise)
     assert one_step.shape == x0.shape and (one_step - x0)[..., 3:5, 3:5].abs().mean() > 0.3
+
+
+def test_guidance_extrapolates_from_the_reference_in_one_batched_call() -> None:
+    calls: list[int] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None):
+        calls.append(x.shape[0])
+        shift = torch.zeros(x.shape[0]) if cond is None else cond[:, 0]
+        return x * 0 + shift.view(-1, 1, 1, 1), x + 2 * shift.view(-1, 1, 1, 1)
+
+    x, t = torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long)
+    cond, ref = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[0.5], [0.5], [0.5]])
+    eps, gen = guided(model, cond, ref, 1.0)(x, t)  # scale 1: the plain model, one pass of 3
+    assert calls == [3] and torch.equal(eps[:, 0, 0, 0], cond[:, 0])
+    eps, gen = guided(model, cond, ref, 3.0)(x, t)  # ref + 3 (cond - ref), both in one pass of 6
+    assert calls == [3, 6]
+    assert torch.allclose(eps[:, 0, 0, 0], torch.tensor([2.0, 5.0, 8.0]))
+    assert gen is not None and torch.allclose(gen[:, 0, 0, 0], 2 * torch.tensor([2.0, 5.0, 8.0]))
+    eps, _ = guided(model, None, None, 3.0)(x, t)  # image-only: nothing to guide
+    assert calls == [3, 6, 3] and torch.equal(eps, torch.zeros_like(eps))
+    no_gen = guided(lambda a, b, c: (model(a, b, c)[0], None), cond, ref, 0.0)(x, t)
+    assert no_gen[1] is None and torch.allclose(no_gen[0][:, 0, 0, 0], ref[:, 0])  # scale 0: the reference

@@ -56,3 +56,19 @@ def test_values_from_dicom_header() -> None:
     assert abs(v["height"] - 180) < 1e-9 and v["bmi"] is None
     ds.PatientAge = "006M"
     assert values_from_dicom(ds)["age"] == 0.5
+
+
+def test_population_reference_moves_only_measured_ehr_fields_to_the_mean() -> None:
+    enc = EhrEncoder().fit([{"age": 40, "bmi": 20, "systolic": 110}, {"age": 60, "bmi": 30, "systolic": 150}])
+    v, present = enc.encode_batch([{"age": 60, "sex": "F", "view": "AP", "bmi": 30, "systolic": 150},
+                                   {"age": 40, "bmi": None}])
+    ref = enc.population_reference(v)
+    names = enc.token_names
+    ehr = {names[i] for i in enc.group_indices()["ehr"]}
+    for i, name in enumerate(names):
+        if name in ehr:
+            assert (ref[:, i] == 0).all()  # z = 0: the training mean
+        else:  # demographics (age, sex, view one-hot) untouched
+            assert np.array_equal(ref[:, i], v[:, i])
+    assert v[0, names.index("bmi")] == 1.0 and v[0, names.index("sex=F")] == 1.0
+    assert ref.dtype == np.float32 and ref is not v and v[0, names.index("bmi")] == 1.0  # a copy
