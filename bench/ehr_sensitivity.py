@@ -63,9 +63,15 @@ def true_change(data: Path, samples: list[CxrSample], size: int) -> torch.Tensor
     return torch.from_numpy(np.stack(maps).astype(np.float32))[:, None]
 
 
-def sensitivity(ckpt: str, data: Path, n: int, levels: tuple[int, ...]) -> dict[str, Any]:
-    """Mean and largest reconstruction changes per noise level, against the mean residual."""
+def sensitivity(
+    ckpt: str, data: Path, n: int, levels: tuple[int, ...], guidance: float | None = None
+) -> dict[str, Any]:
+    """Mean and largest reconstruction changes per noise level, against the mean residual.
+
+    ``guidance``: the EHR guidance scale (default: the checkpoint's).
+    """
     scorer = Diff3MScorer.load(ckpt, device="cpu")
+    scale = scorer.config.ehr_guidance if guidance is None else guidance
     normals = [s for s in load_dataset(data, "mimic") if s.normal and s.split == "test"][:n]
     items = readable(normals)
     x0 = torch.from_numpy(np.stack([img.to_grid(scorer.image_size)[0] for img, _ in items]))[:, None]
@@ -79,7 +85,7 @@ def sensitivity(ckpt: str, data: Path, n: int, levels: tuple[int, ...]) -> dict[
 
         def rec(values: list[dict[str, Any]], use_ehr: bool = True, grid: list[int] = grid,
                 draws: int = draws) -> torch.Tensor:
-            return scorer.reconstruct(x0, values, grid, use_ehr, 0, scorer.config.encoding, draws)
+            return scorer.reconstruct(x0, values, grid, use_ehr, 0, scorer.config.encoding, draws, scale)
 
         base, lo, hi, hidden = rec(true), rec(low), rec(high), rec(true, use_ehr=False)
         rows.append({
@@ -95,7 +101,8 @@ def sensitivity(ckpt: str, data: Path, n: int, levels: tuple[int, ...]) -> dict[
             rows[-1]["followed"] = float(((d * t).sum(1) / (t * t).sum(1)).mean())
             rows[-1]["cosine"] = float(torch.nn.functional.cosine_similarity(d, t, dim=1).mean())
     return {"checkpoint": scorer.version, "data": str(data), "n": len(items), "pressures": PRESSURES,
-            "encoding": scorer.config.encoding, "draws": scorer.config.draws, "rows": rows}
+            "encoding": scorer.config.encoding, "draws": scorer.config.draws, "ehr_guidance": scale,
+            "rows": rows}
 
 
 def main() -> None:
@@ -105,11 +112,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=48, help="test normals")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--ehr-guidance", type=float, default=None, help="default: the checkpoint's")
     args = ap.parse_args()
-    result = sensitivity(args.checkpoint, args.data, args.n, tuple(int(v) for v in args.levels.split(",")))
+    levels = tuple(int(v) for v in args.levels.split(","))
+    result = sensitivity(args.checkpoint, args.data, args.n, levels, args.ehr_guidance)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['checkpoint']} on {result['n']} test normals of {result['data']}")
+    print(f"{result['checkpoint']} on {result['n']} test normals of {result['data']}, "
+          f"EHR guidance {result['ehr_guidance']:g}")
     print("| L | mean residual | pressure 95 vs 165: mean / max change | followed | cosine "
           "| EHR hidden: mean / max change |")
     print("|---|---|---|---|---|---|")

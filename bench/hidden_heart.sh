@@ -8,6 +8,7 @@
 # the ceiling is computed from the generator's truth. About 1.5 h on 2 CPU cores. From the repo root:
 #   bench/hidden_heart.sh            (results: bench/results/hidden-heart/, work: var/hidden/)
 #   STAGE2=2000 PREFIX=long- bench/hidden_heart.sh   (both arms with 2000 stage-2 steps, same stage 1)
+#   GUIDANCE="1 3" ...   (the EHR arm also at EHR guidance scale 3: diffusion.guided, twice the passes)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -18,6 +19,7 @@ THREADS="${THREADS:-2}"
 LEVELS="${LEVELS:-50 150}"
 STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
 PREFIX="${PREFIX:-}"  # names the arms' folders and results
+GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
 mkdir -p "$OUT" "$WORK"
 
 if [ ! -f "$DATA/mimic-cxr-2.0.0-split.csv" ]; then
@@ -36,12 +38,16 @@ for arm in ehr noehr; do
   fi
 done
 export OMP_NUM_THREADS="$THREADS" DIFF3M_CPU_THREADS="$THREADS"
+runs() {  # arm and guidance scale of each evaluated run
+  for g in $GUIDANCE; do echo "ehr $g"; done
+  echo "noehr 1"
+}
 for level in $LEVELS; do
-  for arm in ehr noehr; do
-    name="$PREFIX$arm-L$level"
+  runs | while read -r arm g; do
+    name="$PREFIX$arm-L$level"; [ "$g" != 1 ] && name="$PREFIX$arm-g$g-L$level"
     if [ ! -f "$OUT/$name.json" ]; then
       rm -rf "$WORK/$name" && cp -r "$WORK/$PREFIX$arm" "$WORK/$name"
-      "$DIFF3M" calibrate --checkpoint "$WORK/$name" --data "$DATA" --noise-level "$level" \
+      "$DIFF3M" calibrate --checkpoint "$WORK/$name" --data "$DATA" --noise-level "$level" --ehr-guidance "$g" \
         > "$OUT/$name-calibration.json"
       "$DIFF3M" evaluate --checkpoint "$WORK/$name" --data "$DATA" --split test --out "$OUT/$name.json" --quiet
     fi
@@ -50,18 +56,20 @@ done
 "$PY" bench/ehr_ceiling.py --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
   --out "$OUT/${PREFIX}ceiling.json"
 # the RESULTS.md table (conclusions are added by hand)
-"$PY" - "$OUT" "$LEVELS" "$PREFIX" > "$OUT/${PREFIX}section.md" <<'PYEOF'
+"$PY" - "$OUT" "$LEVELS" "$PREFIX" "$GUIDANCE" > "$OUT/${PREFIX}section.md" <<'PYEOF'
 import json, sys
 from pathlib import Path
-out, levels, prefix = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
-print("| noise level | arm | AUROC | AP | sens@95spec | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
-print("|---|---|---|---|---|---|---|---|---|")
+out, levels, prefix, guidance = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3], sys.argv[4].split()
+print("| noise level | arm | AUROC | AP | sens@95spec | s/image | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for level in levels:
-    for arm in ("ehr", "noehr"):
-        r = json.loads((out / f"{prefix}{arm}-L{level}.json").read_text())
+    for arm, g in [("ehr", g) for g in guidance] + [("noehr", "1")]:
+        name = f"{prefix}{arm}-L{level}" if g == "1" else f"{prefix}{arm}-g{g}-L{level}"
+        r = json.loads((out / f"{name}.json").read_text())
         per = r["per_finding_auroc"]
         cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
-        print(f"| L{level} | {'EHR' if arm == 'ehr' else 'image-only'} | {r['auroc']:.3f} | {r['ap']:.3f} "
-              f"| {r['sensitivity_at_95_specificity']:.2f} | {cells} |")
+        label = "image-only" if arm == "noehr" else ("EHR" if g == "1" else f"EHR, guidance {g}")
+        print(f"| L{level} | {label} | {r['auroc']:.3f} | {r['ap']:.3f} "
+              f"| {r['sensitivity_at_95_specificity']:.2f} | {r['seconds_per_image']:.3f} | {cells} |")
 PYEOF
 cat "$OUT/${PREFIX}section.md"
