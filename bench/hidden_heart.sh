@@ -51,6 +51,10 @@ for level in $LEVELS; do
         > "$OUT/$name-calibration.json"
       "$DIFF3M" evaluate --checkpoint "$WORK/$name" --data "$DATA" --split test --out "$OUT/$name.json" --quiet
     fi
+    if [ ! -f "$OUT/$name-validate.json" ]; then  # the split the guidance scale is chosen on
+      "$DIFF3M" evaluate --checkpoint "$WORK/$name" --data "$DATA" --split validate \
+        --out "$OUT/$name-validate.json" --quiet
+    fi
   done
 done
 "$PY" bench/ehr_ceiling.py --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
@@ -60,16 +64,17 @@ done
 import json, sys
 from pathlib import Path
 out, levels, prefix, guidance = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3], sys.argv[4].split()
-print("| noise level | arm | AUROC | AP | sens@95spec | s/image | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| noise level | arm | validation AUROC | AUROC | AP | sens@95spec | s/image | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for level in levels:
     for arm, g in [("ehr", g) for g in guidance] + [("noehr", "1")]:
         name = f"{prefix}{arm}-L{level}" if g == "1" else f"{prefix}{arm}-g{g}-L{level}"
         r = json.loads((out / f"{name}.json").read_text())
+        v = json.loads((out / f"{name}-validate.json").read_text())["auroc"]
         per = r["per_finding_auroc"]
         cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
         label = "image-only" if arm == "noehr" else ("EHR" if g == "1" else f"EHR, guidance {g}")
-        print(f"| L{level} | {label} | {r['auroc']:.3f} | {r['ap']:.3f} "
+        print(f"| L{level} | {label} | {v:.3f} | {r['auroc']:.3f} | {r['ap']:.3f} "
               f"| {r['sensitivity_at_95_specificity']:.2f} | {r['seconds_per_image']:.3f} | {cells} |")
 PYEOF
 cat "$OUT/${PREFIX}section.md"

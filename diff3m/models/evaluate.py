@@ -216,6 +216,11 @@ def evaluate(
             "split": normalise_split(split) or "auto",
             "splits_scored": sorted({s.split for s in kept}),
         },
+        # per image, for paired comparisons of two models on the same images (bench/paired_auroc.py)
+        "cases": [
+            {"study_id": s.study_id, "score": float(v), "normal": s.normal, "findings": list(s.findings)}
+            for s, v in zip(kept, scores, strict=True)
+        ],
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from diff3m.cli import app
@@ -96,6 +97,9 @@ def test_phantoms_train_evaluate_end_to_end(tmp_path: Path) -> None:
     assert report["n_normal"] == sum(s.normal for s in test) and report["n_abnormal"] == 6
     assert 0.0 <= report["auroc"] <= 1.0 and report["seconds_per_image"] > 0
     assert report["params"]["steps"] == 2 and report["data"]["splits_scored"] == ["test"]
+    cases = report["cases"]  # per image, for paired comparisons
+    assert sorted(c["study_id"] for c in cases) == sorted(s.study_id for s in test)
+    assert roc_auc_score([not c["normal"] for c in cases], [c["score"] for c in cases]) == report["auroc"]
     assert set(report["per_finding_auroc"]) <= {
         "Cardiomegaly",
         "Consolidation",
