@@ -53,14 +53,21 @@ class EhrEncoder:
         """How many tokens a study becomes."""
         return len(self.token_names)
 
-    def group_indices(self) -> dict[str, list[int]]:
-        """Token indices of each IECA group (demographics, ehr), pooled separately."""
-        groups: dict[str, list[int]] = {"demographics": [], "ehr": []}
+    def spans(self) -> list[tuple[FieldSpec, int, int]]:
+        """Each registry field with its first token index and its number of tokens, in network order."""
+        out: list[tuple[FieldSpec, int, int]] = []
         i = 0
         for spec in self.registry.fields:
             width = 1 if spec.kind == "numeric" else len(spec.categories)
-            groups.setdefault(spec.group, []).extend(range(i, i + width))
+            out.append((spec, i, width))
             i += width
+        return out
+
+    def group_indices(self) -> dict[str, list[int]]:
+        """Token indices of each IECA group (demographics, ehr), pooled separately."""
+        groups: dict[str, list[int]] = {"demographics": [], "ehr": []}
+        for spec, i, width in self.spans():
+            groups.setdefault(spec.group, []).extend(range(i, i + width))
         return groups
 
     def fit(self, records: Iterable[Mapping[str, FieldValue]]) -> EhrEncoder:
@@ -86,8 +93,7 @@ class EhrEncoder:
         """Token values and presence for one study; unknown categories and bad numbers count as missing."""
         out = np.zeros(self.n_tokens, dtype=np.float32)
         present = np.zeros(self.n_tokens, dtype=bool)
-        i = 0
-        for spec in self.registry.fields:
+        for spec, i, width in self.spans():
             raw = values.get(spec.name)
             if spec.kind == "numeric":
                 v = as_number(raw)
@@ -95,14 +101,11 @@ class EhrEncoder:
                     st = self.stats.get(spec.name, NumericStats(0.0, 1.0))
                     out[i] = (v - st.mean) / st.std
                     present[i] = True
-                i += 1
             else:
                 k = match_category(spec, raw)
-                width = len(spec.categories)
                 if k is not None:
                     out[i + k] = 1.0
                     present[i : i + width] = True
-                i += width
         return EncodedEhr(out, present)
 
     def encode_batch(self, batch: Sequence[Mapping[str, FieldValue]]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,14 +122,9 @@ class EhrEncoder:
         but an average patient's measurements. Missing fields keep their missing token on both sides.
         """
         out = np.array(values, dtype=np.float32, copy=True)
-        i = 0
-        for spec in self.registry.fields:
-            if spec.kind == "numeric":
-                if spec.group == group:
-                    out[..., i] = 0.0
-                i += 1
-            else:
-                i += len(spec.categories)
+        for spec, i, _ in self.spans():
+            if spec.kind == "numeric" and spec.group == group:
+                out[..., i] = 0.0
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -300,8 +301,7 @@ class Diff3MScorer:
             gen = torch.Generator(self.device).manual_seed(seed)
             draw = torch.randn((draws, *x0.shape[1:]), generator=gen, device=self.device)
             noise = draw.repeat_interleave(x0.shape[0], dim=0)
-            without_gen = lambda x, t, c: net(x, t, c, with_gen=False)  # noqa: E731
-            denoiser = guided(without_gen, conds, references, ehr_guidance)
+            denoiser = guided(partial(net, with_gen=False), conds, references, ehr_guidance)
             x_hat = noised_reconstruction(self.schedule, denoiser, many, grid, noise)
         return x_hat.float().view(draws, *x0.shape).mean(0)
 
