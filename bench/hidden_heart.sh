@@ -53,7 +53,7 @@ for level in $LEVELS; do
     fi
     if [ ! -f "$OUT/$name-validate.json" ]; then  # the split the guidance scale is chosen on
       "$DIFF3M" evaluate --checkpoint "$WORK/$name" --data "$DATA" --split validate \
-        --out "$OUT/$name-validate.json" --quiet
+        --out "$OUT/$name-validate.json" --no-plots --quiet
     fi
   done
 done

@@ -91,6 +91,9 @@ def evaluate_command(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="at most this many images")] = None,
+    no_plots: Annotated[
+        bool, typer.Option("--no-plots", help="JSON report only: no ROC/PR plots, no montage")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Score a labelled dataset: AUROC, AP, best F1, sensitivity at 95% specificity, plots, montage."""
@@ -112,6 +115,7 @@ def evaluate_command(
             device=device,
             batch_size=batch_size,
             limit=limit,
+            plots=not no_plots,
             progress=not quiet,
         )
     except (CheckpointError, EvaluationError, FileNotFoundError, ValueError) as err:

@@ -128,3 +128,11 @@ def test_phantoms_train_evaluate_end_to_end(tmp_path: Path) -> None:
         ],
     )
     assert bad.exit_code == 2 and "both normal and abnormal" in bad.output
+    # --no-plots: the same report, no images beside it
+    bare = tmp_path / "bare" / "eval.json"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(bare)]
+    res = CliRunner().invoke(app, [*args, "--steps", "2", "--device", "cpu", "--no-plots", "--quiet"])
+    assert res.exit_code == 0, res.output
+    plain = json.loads(bare.read_text())
+    assert "plots" not in plain and list(bare.parent.iterdir()) == [bare]
+    assert plain["cases"] == report["cases"]
