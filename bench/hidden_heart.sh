@@ -9,6 +9,7 @@
 #   bench/hidden_heart.sh            (results: bench/results/hidden-heart/, work: var/hidden/)
 #   STAGE2=2000 PREFIX=long- bench/hidden_heart.sh   (both arms with 2000 stage-2 steps, same stage 1)
 #   GUIDANCE="1 3" ...   (the EHR arm also at EHR guidance scale 3: diffusion.guided, twice the passes)
+#   ARMS_SIDE_BY_SIDE=1 ...   (the two arms train at once on one thread each, as in bench/RESULTS.md)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -20,6 +21,7 @@ LEVELS="${LEVELS:-50 150}"
 STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
 PREFIX="${PREFIX:-}"  # names the arms' folders and results
 GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
+ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
 if [ ! -f "$DATA/mimic-cxr-2.0.0-split.csv" ]; then
@@ -30,13 +32,20 @@ if [ ! -f "$WORK/stage1/model.safetensors" ]; then
   "$PY" scripts/train_demo.py --data "$DATA" --steps 4000 --stage1-steps 4000 --keep-state \
     --out "$WORK/stage1" --threads "$THREADS" --quiet
 fi
-for arm in ehr noehr; do
-  if [ ! -f "$WORK/$PREFIX$arm/model.safetensors" ]; then
-    flag=""; [ "$arm" = noehr ] && flag="--no-ehr"
-    "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$arm" \
-      --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$THREADS" --quiet
+train_arm() {  # arm, torch threads
+  if [ ! -f "$WORK/$PREFIX$1/model.safetensors" ]; then
+    flag=""; [ "$1" = noehr ] && flag="--no-ehr"
+    "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
+      --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --quiet
   fi
-done
+}
+if [ "$ARMS_SIDE_BY_SIDE" = 1 ]; then  # one thread each, at the same time (the measured runs)
+  pids=()
+  for arm in ehr noehr; do train_arm "$arm" 1 & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+else
+  for arm in ehr noehr; do train_arm "$arm" "$THREADS"; done
+fi
 export OMP_NUM_THREADS="$THREADS" DIFF3M_CPU_THREADS="$THREADS"
 runs() {  # arm and guidance scale of each evaluated run
   for g in $GUIDANCE; do echo "ehr $g"; done
