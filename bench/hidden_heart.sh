@@ -21,7 +21,6 @@ LEVELS="${LEVELS:-50 150}"
 STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
 PREFIX="${PREFIX:-}"  # names the arms' folders and results
 GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
-QUIET_EHR_START="${QUIET_EHR_START:-0}"  # 1: both arms with --quiet-ehr-start (EHR conditioning starts at 0)
 ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
@@ -35,7 +34,7 @@ if [ ! -f "$WORK/stage1/model.safetensors" ]; then
 fi
 train_arm() {  # arm, torch threads
   if [ ! -f "$WORK/$PREFIX$1/model.safetensors" ]; then
-    flag=""; [ "$1" = noehr ] && flag="--no-ehr"; [ "$QUIET_EHR_START" = 1 ] && flag="$flag --quiet-ehr-start"
+    flag=""; [ "$1" = noehr ] && flag="--no-ehr"
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
       --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --quiet
   fi

@@ -198,9 +198,6 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, help="validation normals for the threshold")
     parser.add_argument("--stage1-from", type=Path, help="start from this run's finished stage 1 (shared)")
     parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
-    parser.add_argument(
-        "--quiet-ehr-start", action="store_true", help="stage 2 starts with the EHR conditioning at 0"
-    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     recipe = RECIPES[args.recipe]
@@ -225,7 +222,6 @@ def main() -> None:
         progress=not args.quiet,
         resume=args.resume,
         stage1_from=args.stage1_from,
-        quiet_ehr_start=args.quiet_ehr_start,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:
@@ -237,9 +233,7 @@ def main() -> None:
         "script": "scripts/train_demo.py",
         "recipe": args.recipe,
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
-        f"--stage1-steps {stage1}"
-        + (" --no-ehr" if args.no_ehr else "")
-        + (" --quiet-ehr-start" if args.quiet_ehr_start else ""),
+        f"--stage1-steps {stage1}" + (" --no-ehr" if args.no_ehr else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
@@ -247,7 +241,6 @@ def main() -> None:
         "stage1_steps": stage1,
         "batch_size": recipe.batch_size or recipe.profile.batch_size,
         "use_ehr": not args.no_ehr,
-        "quiet_ehr_start": args.quiet_ehr_start,
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

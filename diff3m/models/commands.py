@@ -34,13 +34,6 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    quiet_ehr_start: Annotated[
-        bool,
-        typer.Option(
-            "--quiet-ehr-start",
-            help="stage 2 starts with the EHR conditioning at 0 (zero-initialised token gain)",
-        ),
-    ] = False,
     stage1_from: Annotated[
         Path | None,
         typer.Option(
@@ -67,7 +60,6 @@ def train_command(
             batch_size=batch_size,
             device=device,
             stage1_from=stage1_from,
-            quiet_ehr_start=quiet_ehr_start,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -45,7 +45,6 @@ class TrainOptions:
     lr: float
     weight_decay: float
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
-    quiet_ehr_start: bool = False  # stage 2 starts with IECA conditioning 0 (Diff3MNet.quiet_condition)
 
 
 @dataclass
@@ -124,7 +123,6 @@ def train(
     progress: bool = True,
     resume: bool = True,
     stage1_from: str | Path | None = None,
-    quiet_ehr_start: bool = False,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -134,9 +132,6 @@ def train(
 
     ``stage1_from`` starts a new run from another run's finished stage 1 (its folder). Stage 1 never
     sees the EHR, so the EHR and image-only arms of an ablation can share it and differ only in stage 2.
-
-    ``quiet_ehr_start`` zeroes the IECA token gain when stage 2 begins, so the EHR conditioning starts at 0
-    instead of as untrained features larger than the timestep embedding (off: the published initialisation).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
@@ -169,19 +164,17 @@ def train(
         lr or prof.lr,
         prof.weight_decay,
         field_dropout,
-        quiet_ehr_start,
     )
     if state:
-        stored = {"quiet_ehr_start": False, **state["options"]}  # states written before the option existed
-        expected = {**asdict(opts), "steps": stored["steps"]}
-        if forked:  # stage 1 never sees the EHR: the arms may differ in how they use it
-            expected.update(steps=s1, use_ehr=stored["use_ehr"], quiet_ehr_start=stored["quiet_ehr_start"])
-        if stored != expected and forked:
+        expected = {**asdict(opts), "steps": state["options"]["steps"]}
+        if forked:  # stage 1 never sees the EHR: the arms may differ in use_ehr
+            expected.update(steps=s1, use_ehr=state["options"]["use_ehr"])
+        if state["options"] != expected and forked:
             raise ValueError(
                 f"stage 1 in {stage1_from} was trained with other options {state['options']} "
                 f"(a shared stage 1 needs the same profile, seed, batch, lr and stage1_steps={s1})"
             )
-        if stored != expected:
+        if state["options"] != expected:
             raise ValueError(
                 f"{state_path} was written with other options {state['options']}; "
                 "use another --out or delete it"
@@ -234,9 +227,6 @@ def train(
                 stage = 2
                 net.init_masked_branch()
                 ema.init_masked_branch()
-                if opts.quiet_ehr_start:
-                    net.quiet_condition()
-                    ema.quiet_condition()
                 _freeze_for_stage2(net)
                 opt = _optimizer(net, stage, opts, dev)
             losses = _train_step(net, schedule, data, opts, stage, rng, dev, autocast)

@@ -111,20 +111,6 @@ def test_missing_values_use_learned_embedding_not_zero() -> None:
     assert torch.allclose(tokens[2], net.ieca.tokenizer.norm(net.ieca.tokenizer.missing))
 
 
-def test_quiet_condition_starts_at_zero_and_can_grow() -> None:
-    torch.manual_seed(0)
-    net = build("tiny")
-    x = torch.rand(2, 1, 32, 32)
-    values, present = (torch.from_numpy(a) for a in ENC.encode_batch([{"bmi": 35, "age": 70}, {"bmi": 19}]))
-    assert net.condition(x, values, present).abs().max() > 0.1  # published init: untrained features
-    net.quiet_condition()
-    cond = net.condition(x, values, present)
-    assert torch.equal(cond, torch.zeros_like(cond))  # stage 2 starts as the image-only model
-    (cond * torch.randn_like(cond)).sum().backward()
-    gain = net.ieca.tokenizer.norm.weight.grad
-    assert gain is not None and gain.abs().max() > 0  # ... and the gain grows where the EHR helps
-
-
 def test_stage2_initialisation_copies_encoder() -> None:
     net = build("tiny")
     net.init_masked_branch()

@@ -146,11 +146,6 @@ def test_cli_train_and_score(tmp_path: Path, tiny_checkpoint: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["use_ehr"] is False
-    args = ["train", "--data", str(data), "--layout", "chexpert", "--profile", "tiny", "--steps", "2"]
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / "quiet"), "--quiet-ehr-start"])
-    assert res.exit_code == 0, res.output
-    training = json.loads((tmp_path / "quiet" / "training.json").read_text())
-    assert training["options"]["quiet_ehr_start"] is True and training["options"]["use_ehr"] is True
 
     px = (chest_like(40, 36, np.random.default_rng(3)) * 4095).round()
     ds = make_ds(
@@ -214,20 +209,6 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         assert [r["step"] for r in rows] == ["3"] and checkpoint.load(arm).config.use_ehr is use_ehr
     with pytest.raises(ValueError, match="other options"):
         train(samples, tmp_path / "x", steps=3, stage1_from=stage1, seed=5, **opts)
-    # a quiet EHR start forks from the same stage 1; its conditioning starts at 0 and is then trained
-    quiet = train(samples, tmp_path / "quiet", steps=3, stage1_from=stage1, quiet_ehr_start=True, **opts)
-    state = torch.load(quiet / STATE_FILE, weights_only=False)
-    assert state["options"]["quiet_ehr_start"] is True
-    gain = state["net"]["ieca.tokenizer.norm.weight"]
-    assert 0 < gain.abs().max() < 0.1  # one AdamW step (lr 1e-3) from zero
-    with pytest.raises(ValueError, match="other options"):  # resuming an arm keeps its recipe
-        train(samples, tmp_path / "quiet", steps=4, **opts)
-    # a stage 1 written before the option existed still forks
-    del shared["options"]["quiet_ehr_start"]
-    old_stage1 = tmp_path / "old-s1"
-    old_stage1.mkdir()
-    torch.save(shared, old_stage1 / STATE_FILE)
-    train(samples, tmp_path / "old-arm", steps=3, stage1_from=old_stage1, **opts)
     with pytest.raises(ValueError, match="stage 1 must end"):
         train(samples, tmp_path / "y", steps=4, stage1_from=ehr, **opts)
     with pytest.raises(ValueError, match="no train_state"):

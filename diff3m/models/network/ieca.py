@@ -22,12 +22,6 @@ class FieldTokenizer(nn.Module):
         self.missing = nn.Parameter(torch.randn(n_tokens, width))
         self.norm = nn.LayerNorm(width)
 
-    @torch.no_grad()
-    def silence(self) -> None:
-        """Zero the LayerNorm gain and shift: every token is 0 until training grows the gain again."""
-        self.norm.weight.zero_()
-        self.norm.bias.zero_()
-
     def forward(self, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[B, n] values and presence -> [B, n, width] tokens."""
         tokens = self.weight * values.unsqueeze(-1) + self.bias
@@ -62,16 +56,6 @@ class IECA(nn.Module):
             self.register_buffer(
                 f"group_{name}", torch.tensor(groups[name], dtype=torch.long), persistent=False
             )
-
-    def quiet_start(self) -> None:
-        """Make the conditioning vector exactly 0 (zero-initialised gain, as ControlNet / adaLN-Zero do).
-
-        With the published initialisation the pooled tokens (norm ~7 at width 64) outweigh the trained
-        timestep embedding (norm ~2-3) they are added to, so stage 2 begins with the decoder's time
-        signal drowned in untrained EHR features. From a quiet start the EHR arm begins as the image-only
-        model and the gain grows only as far as the EHR helps the loss.
-        """
-        self.tokenizer.silence()
 
     def pool(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Attention-weighted sum of [B, n, d] tokens with weights softmax(token . query / sqrt(d))."""

@@ -81,10 +81,6 @@ class Diff3MNet(nn.Module):
         self.mask_middle.load_state_dict(self.middle.state_dict())
         self.mask_decoder.load_state_dict(self.decoder.state_dict())
 
-    def quiet_condition(self) -> None:
-        """Stage 2 start, optional: IECA conditioning starts at exactly 0 (``IECA.quiet_start``)."""
-        self.ieca.quiet_start()
-
     def frozen_in_stage2(self) -> list[nn.Module]:
         """Parts frozen in stage 2 as published: main encoder, timestep embedding, image-query encoder."""
         return [self.encoder, self.time_embed, self.ieca.query]
