@@ -10,6 +10,7 @@
 #   STAGE2=2000 PREFIX=long- bench/hidden_heart.sh   (both arms with 2000 stage-2 steps, same stage 1)
 #   GUIDANCE="1 3" ...   (the EHR arm also at EHR guidance scale 3: diffusion.guided, twice the passes)
 #   ARMS_SIDE_BY_SIDE=1 ...   (the two arms train at once on one thread each, as in bench/RESULTS.md)
+#   EMA_RESTART=1 ...   (both arms restart the EMA warm-up at stage 2: train --stage2-ema-restart)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -21,6 +22,7 @@ LEVELS="${LEVELS:-50 150}"
 STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
 PREFIX="${PREFIX:-}"  # names the arms' folders and results
 GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
+EMA_RESTART="${EMA_RESTART:-0}"  # 1: both arms with --stage2-ema-restart (the EMA warm-up restarts at stage 2)
 ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
@@ -34,9 +36,9 @@ if [ ! -f "$WORK/stage1/model.safetensors" ]; then
 fi
 train_arm() {  # arm, torch threads
   if [ ! -f "$WORK/$PREFIX$1/model.safetensors" ]; then
-    flag=""; [ "$1" = noehr ] && flag="--no-ehr"
+    flag=""; [ "$1" = noehr ] && flag="--no-ehr"; [ "$EMA_RESTART" = 1 ] && flag="$flag --stage2-ema-restart"
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
-      --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --quiet
+      --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --keep-state --quiet  # state: raw weights
   fi
 }
 if [ "$ARMS_SIDE_BY_SIDE" = 1 ]; then  # one thread each, at the same time (the measured runs)

@@ -198,6 +198,9 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, help="validation normals for the threshold")
     parser.add_argument("--stage1-from", type=Path, help="start from this run's finished stage 1 (shared)")
     parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
+    parser.add_argument(
+        "--stage2-ema-restart", action="store_true", help="start the EMA warm-up again when stage 2 begins"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     recipe = RECIPES[args.recipe]
@@ -222,6 +225,7 @@ def main() -> None:
         progress=not args.quiet,
         resume=args.resume,
         stage1_from=args.stage1_from,
+        stage2_ema_restart=args.stage2_ema_restart,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:
@@ -233,7 +237,9 @@ def main() -> None:
         "script": "scripts/train_demo.py",
         "recipe": args.recipe,
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
-        f"--stage1-steps {stage1}" + (" --no-ehr" if args.no_ehr else ""),
+        f"--stage1-steps {stage1}"
+        + (" --no-ehr" if args.no_ehr else "")
+        + (" --stage2-ema-restart" if args.stage2_ema_restart else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
@@ -241,6 +247,7 @@ def main() -> None:
         "stage1_steps": stage1,
         "batch_size": recipe.batch_size or recipe.profile.batch_size,
         "use_ehr": not args.no_ehr,
+        "stage2_ema_restart": args.stage2_ema_restart,
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

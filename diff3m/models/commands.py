@@ -34,6 +34,13 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    stage2_ema_restart: Annotated[
+        bool,
+        typer.Option(
+            "--stage2-ema-restart",
+            help="start the EMA warm-up again when stage 2 begins (the averaged weights drop stage 1)",
+        ),
+    ] = False,
     stage1_from: Annotated[
         Path | None,
         typer.Option(
@@ -60,6 +67,7 @@ def train_command(
             batch_size=batch_size,
             device=device,
             stage1_from=stage1_from,
+            stage2_ema_restart=stage2_ema_restart,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

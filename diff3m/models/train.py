@@ -45,6 +45,7 @@ class TrainOptions:
     lr: float
     weight_decay: float
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
+    stage2_ema_restart: bool = False  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
 
 
 @dataclass
@@ -123,6 +124,7 @@ def train(
     progress: bool = True,
     resume: bool = True,
     stage1_from: str | Path | None = None,
+    stage2_ema_restart: bool = False,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -132,6 +134,10 @@ def train(
 
     ``stage1_from`` starts a new run from another run's finished stage 1 (its folder). Stage 1 never
     sees the EHR, so the EHR and image-only arms of an ablation can share it and differ only in stage 2.
+
+    ``stage2_ema_restart`` starts the EMA warm-up again when stage 2 begins: the averaged weights then
+    hold only stage-2 weights (about a uniform average of them for the first several thousand steps),
+    instead of carrying the stage-1 weights for about ``1 / (1 - ema_decay)`` steps (off: the EMA runs on).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
@@ -164,17 +170,21 @@ def train(
         lr or prof.lr,
         prof.weight_decay,
         field_dropout,
+        stage2_ema_restart,
     )
     if state:
-        expected = {**asdict(opts), "steps": state["options"]["steps"]}
-        if forked:  # stage 1 never sees the EHR: the arms may differ in use_ehr
-            expected.update(steps=s1, use_ehr=state["options"]["use_ehr"])
-        if state["options"] != expected and forked:
+        stored = {"stage2_ema_restart": False, **state["options"]}  # states written before the option
+        expected = {**asdict(opts), "steps": stored["steps"]}
+        if forked:  # stage 1 never sees the EHR or the stage-2 EMA: the arms may differ in both
+            expected.update(
+                steps=s1, use_ehr=stored["use_ehr"], stage2_ema_restart=stored["stage2_ema_restart"]
+            )
+        if stored != expected and forked:
             raise ValueError(
                 f"stage 1 in {stage1_from} was trained with other options {state['options']} "
                 f"(a shared stage 1 needs the same profile, seed, batch, lr and stage1_steps={s1})"
             )
-        if state["options"] != expected:
+        if stored != expected:
             raise ValueError(
                 f"{state_path} was written with other options {state['options']}; "
                 "use another --out or delete it"
@@ -234,7 +244,8 @@ def train(
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
             opt.step()
-            _ema_update(ema, net, prof.ema_decay, step)
+            ema_step = step - s1 if stage == 2 and opts.stage2_ema_restart else step
+            _ema_update(ema, net, prof.ema_decay, ema_step)
             step += 1
             if step % log_every == 0 or step == steps:
                 last_loss = float(losses["loss"].detach())
