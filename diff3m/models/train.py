@@ -8,7 +8,7 @@ import logging
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,10 @@ class TrainOptions:
     weight_decay: float
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
     stage2_ema_restart: bool = False  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
+
+
+# what the arms forked from one shared stage 1 (``train(stage1_from=...)``) may differ in
+STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart")
 
 
 @dataclass
@@ -173,12 +177,12 @@ def train(
         stage2_ema_restart,
     )
     if state:
-        stored = {"stage2_ema_restart": False, **state["options"]}  # states written before the option
+        # a state written before an option existed was trained with that option's default
+        defaults = {f.name: f.default for f in fields(TrainOptions) if f.default is not MISSING}
+        stored = {**defaults, **state["options"]}
         expected = {**asdict(opts), "steps": stored["steps"]}
-        if forked:  # stage 1 never sees the EHR or the stage-2 EMA: the arms may differ in both
-            expected.update(
-                steps=s1, use_ehr=stored["use_ehr"], stage2_ema_restart=stored["stage2_ema_restart"]
-            )
+        if forked:  # stage 1 never sees the stage-2 options: the arms may differ in them
+            expected.update(steps=s1, **{name: stored[name] for name in STAGE2_OPTIONS})
         if stored != expected and forked:
             raise ValueError(
                 f"stage 1 in {stage1_from} was trained with other options {state['options']} "
