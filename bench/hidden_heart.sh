@@ -53,9 +53,12 @@ runs() {  # arm and guidance scale of each evaluated run
   for g in $GUIDANCE; do echo "ehr $g"; done
   echo "noehr 1"
 }
+table="$WORK/${PREFIX}runs.tsv"  # level, arm, guidance scale and name of each run: the table below reads it
+: > "$table"
 for level in $LEVELS; do
   runs | while read -r arm g; do
     name="$PREFIX$arm-L$level"; [ "$g" != 1 ] && name="$PREFIX$arm-g$g-L$level"
+    printf '%s\t%s\t%s\t%s\n' "$level" "$arm" "$g" "$name" >> "$table"
     if [ ! -f "$OUT/$name.json" ]; then
       rm -rf "$WORK/$name" && cp -r "$WORK/$PREFIX$arm" "$WORK/$name"
       "$DIFF3M" calibrate --checkpoint "$WORK/$name" --data "$DATA" --noise-level "$level" --ehr-guidance "$g" \
@@ -71,21 +74,20 @@ done
 "$PY" bench/ehr_ceiling.py --data "$DATA" --noehr "$OUT/${PREFIX}noehr-L50.json" \
   --out "$OUT/${PREFIX}ceiling.json"
 # the RESULTS.md table (conclusions are added by hand)
-"$PY" - "$OUT" "$LEVELS" "$PREFIX" "$GUIDANCE" > "$OUT/${PREFIX}section.md" <<'PYEOF'
+"$PY" - "$OUT" "$table" > "$OUT/${PREFIX}section.md" <<'PYEOF'
 import json, sys
 from pathlib import Path
-out, levels, prefix, guidance = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3], sys.argv[4].split()
+out, table = Path(sys.argv[1]), Path(sys.argv[2])
 print("| noise level | arm | validation AUROC | AUROC | AP | sens@95spec | s/image | Cardiomegaly | Consolidation | Lung Lesion | Pleural Effusion |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
-for level in levels:
-    for arm, g in [("ehr", g) for g in guidance] + [("noehr", "1")]:
-        name = f"{prefix}{arm}-L{level}" if g == "1" else f"{prefix}{arm}-g{g}-L{level}"
-        r = json.loads((out / f"{name}.json").read_text())
-        v = json.loads((out / f"{name}-validate.json").read_text())["auroc"]
-        per = r["per_finding_auroc"]
-        cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
-        label = "image-only" if arm == "noehr" else ("EHR" if g == "1" else f"EHR, guidance {g}")
-        print(f"| L{level} | {label} | {v:.3f} | {r['auroc']:.3f} | {r['ap']:.3f} "
-              f"| {r['sensitivity_at_95_specificity']:.2f} | {r['seconds_per_image']:.3f} | {cells} |")
+for line in table.read_text().splitlines():
+    level, arm, g, name = line.split("\t")
+    r = json.loads((out / f"{name}.json").read_text())
+    v = json.loads((out / f"{name}-validate.json").read_text())["auroc"]
+    per = r["per_finding_auroc"]
+    cells = " | ".join(f"{per[k]['auroc']:.3f}" for k in ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion"))
+    label = "image-only" if arm == "noehr" else ("EHR" if g == "1" else f"EHR, guidance {g}")
+    print(f"| L{level} | {label} | {v:.3f} | {r['auroc']:.3f} | {r['ap']:.3f} "
+          f"| {r['sensitivity_at_95_specificity']:.2f} | {r['seconds_per_image']:.3f} | {cells} |")
 PYEOF
 cat "$OUT/${PREFIX}section.md"
