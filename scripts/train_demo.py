@@ -199,7 +199,10 @@ def main() -> None:
     parser.add_argument("--stage1-from", type=Path, help="start from this run's finished stage 1 (shared)")
     parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
     parser.add_argument(
-        "--stage2-ema-restart", action="store_true", help="start the EMA warm-up again when stage 2 begins"
+        "--stage2-ema-restart",
+        action="store_true",
+        help="start the EMA warm-up again when stage 2 begins (diff3m train's default; off in the "
+        "builtin:demo recipe, which predates it)",
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
