@@ -254,7 +254,7 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU thread(s), Python {platform.python_version()}",
+        f"{args.threads} CPU thread(s), Python {platform.python_version()}",
     }
     (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({"out": str(out), **record}), flush=True)
