@@ -199,7 +199,10 @@ def main() -> None:
     parser.add_argument("--stage1-from", type=Path, help="start from this run's finished stage 1 (shared)")
     parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
     parser.add_argument(
-        "--stage2-ema-restart", action="store_true", help="start the EMA warm-up again when stage 2 begins"
+        "--stage2-ema-restart",
+        action="store_true",
+        help="start the EMA warm-up again when stage 2 begins (diff3m train's default; off in the "
+        "builtin:demo recipe, which predates it)",
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -251,7 +254,7 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU thread(s), Python {platform.python_version()}",
+        f"{args.threads} CPU thread(s), Python {platform.python_version()}",
     }
     (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({"out": str(out), **record}), flush=True)

@@ -35,12 +35,13 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     stage2_ema_restart: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--stage2-ema-restart",
-            help="start the EMA warm-up again when stage 2 begins (the averaged weights drop stage 1)",
+            "--stage2-ema-restart/--no-stage2-ema-restart",
+            help="start the EMA warm-up again when stage 2 begins, so the averaged weights drop stage 1 "
+            "(default: on for a new run or arm, a resumed run keeps its own setting)",
         ),
-    ] = False,
+    ] = None,
     stage1_from: Annotated[
         Path | None,
         typer.Option(

@@ -8,7 +8,7 @@ import logging
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,13 @@ class TrainOptions:
     lr: float
     weight_decay: float
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
-    stage2_ema_restart: bool = False  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
+    stage2_ema_restart: bool  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
 
 
 # what the arms forked from one shared stage 1 (``train(stage1_from=...)``) may differ in
 STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart")
+# options added after states were first written, with what a state that predates one was trained with
+PREDATING = {"stage2_ema_restart": False}
 
 
 @dataclass
@@ -128,7 +130,7 @@ def train(
     progress: bool = True,
     resume: bool = True,
     stage1_from: str | Path | None = None,
-    stage2_ema_restart: bool = False,
+    stage2_ema_restart: bool | None = None,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -141,7 +143,8 @@ def train(
 
     ``stage2_ema_restart`` starts the EMA warm-up again when stage 2 begins: the averaged weights then
     hold only stage-2 weights (about a uniform average of them for the first several thousand steps),
-    instead of carrying the stage-1 weights for about ``1 / (1 - ema_decay)`` steps (off: the EMA runs on).
+    instead of carrying the stage-1 weights for about ``1 / (1 - ema_decay)`` steps (False: the EMA runs
+    on). ``None``: a resumed run keeps its own setting; a new run or a forked arm restarts.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
@@ -161,8 +164,11 @@ def train(
     forked = False
     if state is None and stage1_from is not None:
         state, forked = _stage1_state(Path(stage1_from), dev), True
+    stored = {**PREDATING, **state["options"]} if state else {}
     if stage1_steps is None:
-        stage1_steps = state["options"]["stage1_steps"] if state else steps // 2
+        stage1_steps = stored["stage1_steps"] if state else steps // 2
+    if stage2_ema_restart is None:
+        stage2_ema_restart = bool(stored["stage2_ema_restart"]) if state and not forked else True
     s1 = max(0, min(stage1_steps, steps))
     opts = TrainOptions(
         prof.name,
@@ -177,9 +183,6 @@ def train(
         stage2_ema_restart,
     )
     if state:
-        # a state written before an option existed was trained with that option's default
-        defaults = {f.name: f.default for f in fields(TrainOptions) if f.default is not MISSING}
-        stored = {**defaults, **state["options"]}
         expected = {**asdict(opts), "steps": stored["steps"]}
         if forked:  # stage 1 never sees the stage-2 options: the arms may differ in them
             expected.update(steps=s1, **{name: stored[name] for name in STAGE2_OPTIONS})

@@ -146,11 +146,13 @@ def test_cli_train_and_score(tmp_path: Path, tiny_checkpoint: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["use_ehr"] is False
+    training = json.loads((tmp_path / "ck" / "training.json").read_text())
+    assert training["options"]["stage2_ema_restart"] is True  # a new run restarts the EMA at stage 2
     args = ["train", "--data", str(data), "--layout", "chexpert", "--profile", "tiny", "--steps", "2"]
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / "restart"), "--stage2-ema-restart"])
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "running-on"), "--no-stage2-ema-restart"])
     assert res.exit_code == 0, res.output
-    training = json.loads((tmp_path / "restart" / "training.json").read_text())
-    assert training["options"]["stage2_ema_restart"] is True
+    training = json.loads((tmp_path / "running-on" / "training.json").read_text())
+    assert training["options"]["stage2_ema_restart"] is False
 
     px = (chest_like(40, 36, np.random.default_rng(3)) * 4095).round()
     ds = make_ds(
@@ -203,8 +205,9 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
     opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
     stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
     shared = torch.load(stage1 / STATE_FILE, weights_only=False)
-    ehr = train(samples, tmp_path / "ehr", steps=3, stage1_from=stage1, **opts)
-    img = train(samples, tmp_path / "img-only", steps=3, use_ehr=False, stage1_from=stage1, **opts)
+    plain_opts = {**opts, "stage2_ema_restart": False}  # the EMA runs on from stage 1
+    ehr = train(samples, tmp_path / "ehr", steps=3, stage1_from=stage1, **plain_opts)
+    img = train(samples, tmp_path / "img-only", steps=3, use_ehr=False, stage1_from=stage1, **plain_opts)
     key = "encoder.0.0.conv.weight"
     for arm, use_ehr in ((ehr, True), (img, False)):
         state = torch.load(arm / STATE_FILE, weights_only=False)
@@ -214,11 +217,10 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         assert [r["step"] for r in rows] == ["3"] and checkpoint.load(arm).config.use_ehr is use_ehr
     with pytest.raises(ValueError, match="other options"):
         train(samples, tmp_path / "x", steps=3, stage1_from=stage1, seed=5, **opts)
-    # an arm that restarts the EMA at stage 2 forks from the same stage 1 and trains the same weights;
-    # its one stage-2 EMA update is the first of a fresh warm-up (decay 1/10), not the run's third (3/12)
-    restart = train(
-        samples, tmp_path / "restart", steps=3, stage1_from=stage1, stage2_ema_restart=True, **opts
-    )
+    # an arm that restarts the EMA at stage 2 (the default for a new arm) forks from the same stage 1 and
+    # trains the same weights; its one stage-2 EMA update is the first of a fresh warm-up (decay 1/10),
+    # not the run's third (3/12)
+    restart = train(samples, tmp_path / "restart", steps=3, stage1_from=stage1, **opts)
     state, plain = (torch.load(a / STATE_FILE, weights_only=False) for a in (restart, ehr))
     assert state["options"]["stage2_ema_restart"] is True and plain["options"]["stage2_ema_restart"] is False
     key = "decoder.0.0.conv1.conv.weight"
@@ -227,13 +229,24 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         expected = torch.lerp(shared["ema"][key], arm["net"][key], 1 - decay)
         assert torch.allclose(arm["ema"][key], expected, atol=1e-6)
     with pytest.raises(ValueError, match="other options"):  # resuming an arm keeps its recipe
-        train(samples, tmp_path / "restart", steps=4, **opts)
+        train(samples, tmp_path / "restart", steps=4, **plain_opts)
+    train(samples, tmp_path / "restart", steps=4, **opts)  # and by default resumes with it
+    assert torch.load(restart / STATE_FILE, weights_only=False)["options"]["stage2_ema_restart"] is True
     # a stage 1 written before the option existed still forks
     del shared["options"]["stage2_ema_restart"]
     old_stage1 = tmp_path / "old-s1"
     old_stage1.mkdir()
     torch.save(shared, old_stage1 / STATE_FILE)
-    train(samples, tmp_path / "old-arm", steps=3, stage1_from=old_stage1, stage2_ema_restart=True, **opts)
+    train(samples, tmp_path / "old-arm", steps=3, stage1_from=old_stage1, **opts)
+    # a run written before the option existed ran the EMA on, and resumes doing so
+    old_run = tmp_path / "old-run"
+    old_run.mkdir()
+    del plain["options"]["stage2_ema_restart"]
+    torch.save(plain, old_run / STATE_FILE)
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, old_run, steps=4, stage2_ema_restart=True, **opts)
+    train(samples, old_run, steps=4, **opts)
+    assert torch.load(old_run / STATE_FILE, weights_only=False)["options"]["stage2_ema_restart"] is False
     with pytest.raises(ValueError, match="stage 1 must end"):
         train(samples, tmp_path / "y", steps=4, stage1_from=ehr, **opts)
     with pytest.raises(ValueError, match="no train_state"):
