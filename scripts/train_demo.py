@@ -204,6 +204,9 @@ def main() -> None:
         help="start the EMA warm-up again when stage 2 begins (diff3m train's default; off in the "
         "builtin:demo recipe, which predates it)",
     )
+    parser.add_argument(
+        "--ehr-lr-scale", type=float, default=1.0, help="stage 2: the EHR tokens' learning rate as a multiple"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     recipe = RECIPES[args.recipe]
@@ -229,6 +232,7 @@ def main() -> None:
         resume=args.resume,
         stage1_from=args.stage1_from,
         stage2_ema_restart=args.stage2_ema_restart,
+        ehr_lr_scale=args.ehr_lr_scale,
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:
@@ -242,7 +246,8 @@ def main() -> None:
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
         f"--stage1-steps {stage1}"
         + (" --no-ehr" if args.no_ehr else "")
-        + (" --stage2-ema-restart" if args.stage2_ema_restart else ""),
+        + (" --stage2-ema-restart" if args.stage2_ema_restart else "")
+        + (f" --ehr-lr-scale {args.ehr_lr_scale:g}" if args.ehr_lr_scale != 1 else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
@@ -251,6 +256,7 @@ def main() -> None:
         "batch_size": recipe.batch_size or recipe.profile.batch_size,
         "use_ehr": not args.no_ehr,
         "stage2_ema_restart": args.stage2_ema_restart,
+        "ehr_lr_scale": args.ehr_lr_scale,
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

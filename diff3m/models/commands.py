@@ -42,6 +42,14 @@ def train_command(
             "(default: on for a new run or arm, a resumed run keeps its own setting)",
         ),
     ] = None,
+    ehr_lr_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--ehr-lr-scale",
+            help="stage 2: the learning rate of the EHR tokens as a multiple of the profile's "
+            "(default: 1, as published; a resumed run keeps its own)",
+        ),
+    ] = None,
     stage1_from: Annotated[
         Path | None,
         typer.Option(
@@ -69,6 +77,7 @@ def train_command(
             device=device,
             stage1_from=stage1_from,
             stage2_ema_restart=stage2_ema_restart,
+            ehr_lr_scale=ehr_lr_scale,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

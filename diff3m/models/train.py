@@ -46,12 +46,13 @@ class TrainOptions:
     weight_decay: float
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
     stage2_ema_restart: bool  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
+    ehr_lr_scale: float  # stage 2: the EHR pathway's learning rate as a multiple of ``lr``
 
 
 # what the arms forked from one shared stage 1 (``train(stage1_from=...)``) may differ in
-STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart")
+STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart", "ehr_lr_scale")
 # options added after states were first written, with what a state that predates one was trained with
-PREDATING = {"stage2_ema_restart": False}
+PREDATING: dict[str, Any] = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0}
 
 
 @dataclass
@@ -131,6 +132,7 @@ def train(
     resume: bool = True,
     stage1_from: str | Path | None = None,
     stage2_ema_restart: bool | None = None,
+    ehr_lr_scale: float | None = None,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -145,10 +147,17 @@ def train(
     hold only stage-2 weights (about a uniform average of them for the first several thousand steps),
     instead of carrying the stage-1 weights for about ``1 / (1 - ema_decay)`` steps (False: the EMA runs
     on). ``None``: a resumed run keeps its own setting; a new run or a forked arm restarts.
+
+    ``ehr_lr_scale`` multiplies the learning rate of the EHR pathway (the field tokens,
+    ``Diff3MNet.ehr_pathway``) in stage 2; the rest trains at ``lr``. 1 is the published recipe. The
+    image-only arm never uses those parameters, so an ablation's arms stay at an equal budget.
+    ``None``: a resumed run keeps its own setting; a new run or a forked arm takes 1.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    if ehr_lr_scale is not None and not ehr_lr_scale > 0:
+        raise ValueError(f"ehr_lr_scale must be positive, not {ehr_lr_scale}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -169,6 +178,8 @@ def train(
         stage1_steps = stored["stage1_steps"] if state else steps // 2
     if stage2_ema_restart is None:
         stage2_ema_restart = bool(stored["stage2_ema_restart"]) if state and not forked else True
+    if ehr_lr_scale is None:
+        ehr_lr_scale = float(stored["ehr_lr_scale"]) if state and not forked else 1.0
     s1 = max(0, min(stage1_steps, steps))
     opts = TrainOptions(
         prof.name,
@@ -181,6 +192,7 @@ def train(
         prof.weight_decay,
         field_dropout,
         stage2_ema_restart,
+        ehr_lr_scale,
     )
     if state:
         expected = {**asdict(opts), "steps": stored["steps"]}
@@ -372,8 +384,15 @@ def _optimizer(net: Diff3MNet, stage: int, opts: TrainOptions, dev: torch.device
         params = [p for m in [*net.main_unet(), net.emb_norm] for p in m.parameters()]
     else:
         params = [p for p in net.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if stage == 2 and opts.ehr_lr_scale != 1:  # one group otherwise, as states written before the option
+        ehr = {id(p) for m in net.ehr_pathway() for p in m.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in ehr]},
+            {"params": [p for p in params if id(p) in ehr], "lr": opts.lr * opts.ehr_lr_scale},
+        ]
     # one fused kernel per step on CUDA instead of several per parameter
-    return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, fused=dev.type == "cuda")
+    return torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay, fused=dev.type == "cuda")
 
 
 @torch.no_grad()

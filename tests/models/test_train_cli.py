@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from diff3m.cli import app
 from diff3m.models import checkpoint
-from diff3m.models.train import STATE_FILE, train
+from diff3m.models.train import PREDATING, STATE_FILE, train
 from tests.models.synthetic import chest_like, write_samples
 
 
@@ -149,10 +149,12 @@ def test_cli_train_and_score(tmp_path: Path, tiny_checkpoint: Path) -> None:
     training = json.loads((tmp_path / "ck" / "training.json").read_text())
     assert training["options"]["stage2_ema_restart"] is True  # a new run restarts the EMA at stage 2
     args = ["train", "--data", str(data), "--layout", "chexpert", "--profile", "tiny", "--steps", "2"]
-    res = runner.invoke(app, [*args, "--out", str(tmp_path / "running-on"), "--no-stage2-ema-restart"])
+    flags = ["--no-stage2-ema-restart", "--ehr-lr-scale", "3"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "running-on"), *flags])
     assert res.exit_code == 0, res.output
     training = json.loads((tmp_path / "running-on" / "training.json").read_text())
-    assert training["options"]["stage2_ema_restart"] is False
+    assert training["options"]["stage2_ema_restart"] is False and training["options"]["ehr_lr_scale"] == 3
+    assert json.loads((tmp_path / "ck" / "training.json").read_text())["options"]["ehr_lr_scale"] == 1
 
     px = (chest_like(40, 36, np.random.default_rng(3)) * 4095).round()
     ds = make_ds(
@@ -232,16 +234,18 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         train(samples, tmp_path / "restart", steps=4, **plain_opts)
     train(samples, tmp_path / "restart", steps=4, **opts)  # and by default resumes with it
     assert torch.load(restart / STATE_FILE, weights_only=False)["options"]["stage2_ema_restart"] is True
-    # a stage 1 written before the option existed still forks
-    del shared["options"]["stage2_ema_restart"]
+    # a stage 1 written before the options existed still forks
+    for name in PREDATING:
+        del shared["options"][name]
     old_stage1 = tmp_path / "old-s1"
     old_stage1.mkdir()
     torch.save(shared, old_stage1 / STATE_FILE)
     train(samples, tmp_path / "old-arm", steps=3, stage1_from=old_stage1, **opts)
-    # a run written before the option existed ran the EMA on, and resumes doing so
+    # a run written before the options existed ran the EMA on, and resumes doing so
     old_run = tmp_path / "old-run"
     old_run.mkdir()
-    del plain["options"]["stage2_ema_restart"]
+    for name in PREDATING:
+        del plain["options"][name]
     torch.save(plain, old_run / STATE_FILE)
     with pytest.raises(ValueError, match="other options"):
         train(samples, old_run, steps=4, stage2_ema_restart=True, **opts)
@@ -251,3 +255,39 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         train(samples, tmp_path / "y", steps=4, stage1_from=ehr, **opts)
     with pytest.raises(ValueError, match="no train_state"):
         train(samples, tmp_path / "z", steps=3, stage1_from=tmp_path / "nowhere", **opts)
+
+
+def test_ehr_lr_scale_trains_only_the_ehr_tokens_faster(tmp_path: Path) -> None:
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    plain = train(samples, tmp_path / "plain", steps=4, stage1_from=stage1, **opts)
+    fast = train(samples, tmp_path / "fast", steps=4, stage1_from=stage1, ehr_lr_scale=10, **opts)
+    state = torch.load(fast / STATE_FILE, weights_only=False)
+    assert state["options"]["ehr_lr_scale"] == 10
+    n_tokens = sum(p.numel() for p in checkpoint.load(fast).network.ehr_pathway()[0].parameters())
+    lr = state["options"]["lr"]
+    groups = state["opt"]["param_groups"]
+    assert [g["lr"] for g in groups] == [lr, 10 * lr]
+    assert sum(state["opt"]["state"][i]["exp_avg"].numel() for i in groups[1]["params"]) == n_tokens
+    key = "ieca.tokenizer.weight"
+    s1_w, plain_w = (torch.load(r / STATE_FILE, weights_only=False)["net"][key] for r in (stage1, plain))
+    moved = {"plain": (plain_w - s1_w).abs().mean(), "fast": (state["net"][key] - s1_w).abs().mean()}
+    assert moved["fast"] > 5 * moved["plain"] > 0  # Adam steps scale with the learning rate
+    assert len(torch.load(plain / STATE_FILE, weights_only=False)["opt"]["param_groups"]) == 1
+    # the image-only arm has no EHR tokens to train: the scale leaves it as it was (an equal budget)
+    arms = [
+        train(
+            samples, tmp_path / f"img-{s}", steps=4, use_ehr=False, stage1_from=stage1, ehr_lr_scale=s, **opts
+        )
+        for s in (1, 10)
+    ]
+    a, b = (checkpoint.load(arm).network.state_dict() for arm in arms)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a resumed run keeps its scale; another one is refused; a bad one is an error
+    train(samples, fast, steps=5, **opts)
+    assert torch.load(fast / STATE_FILE, weights_only=False)["options"]["ehr_lr_scale"] == 10
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, fast, steps=6, ehr_lr_scale=1, **opts)
+    with pytest.raises(ValueError, match="positive"):
+        train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, ehr_lr_scale=0, **opts)

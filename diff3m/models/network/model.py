@@ -85,6 +85,10 @@ class Diff3MNet(nn.Module):
         """Parts frozen in stage 2 as published: main encoder, timestep embedding, image-query encoder."""
         return [self.encoder, self.time_embed, self.ieca.query]
 
+    def ehr_pathway(self) -> list[nn.Module]:
+        """What turns the EHR into the conditioning and trains in stage 2: the field tokens."""
+        return [self.ieca.tokenizer]
+
     def main_unet(self) -> list[nn.Module]:
         """The plain epsilon UNet (for parameter accounting)."""
         return [self.time_embed, self.encoder, self.middle, self.decoder, self.head]
