@@ -144,7 +144,8 @@ def train(
     sees the EHR, so the EHR and image-only arms of an ablation can share it and differ only in stage 2.
 
     ``stage2_ema_restart`` starts the EMA warm-up again when stage 2 begins: the averaged weights then
-    hold only stage-2 weights (about a uniform average of them for the first several thousand steps),
+    hold only stage-2 weights (the warm-up weighs the latest most: after n stage-2 steps, 61 % of the
+    average comes from the last n / 10 of them and 87 % from the last n / 5, until the decay cap is reached),
     instead of carrying the stage-1 weights for about ``1 / (1 - ema_decay)`` steps (False: the EMA runs
     on). ``None``: a resumed run keeps its own setting; a new run or a forked arm restarts.
 
