@@ -179,10 +179,20 @@ def size_by_budget(
     return total, int(total * frac)
 
 
-def main() -> None:
-    """Command-line entry point."""
-    from diff3m.models.train import train
+def stage2_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``train()``'s stage-2 options from the flags: a flag left out is the recipe's value (EMA running on,
+    lr scale 1) for a new run and ``None`` (the run's stored setting) when ``--resume`` finds a state."""
+    keep = args.resume and (args.out / "train_state.pt").is_file()
+    restart = args.stage2_ema_restart
+    scale = args.ehr_lr_scale
+    return {
+        "stage2_ema_restart": restart if restart is not None or keep else False,
+        "ehr_lr_scale": scale if scale is not None or keep else 1.0,
+    }
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``sys.argv`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     parser.add_argument("--out", type=Path, default=Path("diff3m/models/weights/demo"))
@@ -200,15 +210,24 @@ def main() -> None:
     parser.add_argument("--keep-state", action="store_true", help="keep OUT/train_state.pt (shared stage 1)")
     parser.add_argument(
         "--stage2-ema-restart",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="start the EMA warm-up again when stage 2 begins (diff3m train's default; off in the "
-        "builtin:demo recipe, which predates it)",
+        "builtin:demo recipe, which predates it; --resume keeps the run's own setting)",
     )
     parser.add_argument(
-        "--ehr-lr-scale", type=float, default=1.0, help="stage 2: the EHR tokens' learning rate as a multiple"
+        "--ehr-lr-scale",
+        type=float,
+        help="stage 2: the EHR tokens' learning rate as a multiple (default 1; --resume keeps the run's own)",
     )
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    from diff3m.models.train import train
+
+    args = parse_args()
     recipe = RECIPES[args.recipe]
     torch.set_num_threads(args.threads)
     root = args.data or ensure_phantoms(recipe)
@@ -231,13 +250,14 @@ def main() -> None:
         progress=not args.quiet,
         resume=args.resume,
         stage1_from=args.stage1_from,
-        stage2_ema_restart=args.stage2_ema_restart,
-        ehr_lr_scale=args.ehr_lr_scale,
+        **stage2_options(args),
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:
         (out / "train_state.pt").unlink(missing_ok=True)
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
+    options = training.get("options", {})  # what the run used: a resumed run's own stage-2 options
+    restart, scale = bool(options.get("stage2_ema_restart")), float(options.get("ehr_lr_scale", 1.0))
     dev = pick_device(args.device)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     record = {
@@ -246,8 +266,8 @@ def main() -> None:
         "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
         f"--stage1-steps {stage1}"
         + (" --no-ehr" if args.no_ehr else "")
-        + (" --stage2-ema-restart" if args.stage2_ema_restart else "")
-        + (f" --ehr-lr-scale {args.ehr_lr_scale:g}" if args.ehr_lr_scale != 1 else ""),
+        + (" --stage2-ema-restart" if restart else "")
+        + (f" --ehr-lr-scale {scale:g}" if scale != 1 else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
@@ -255,8 +275,8 @@ def main() -> None:
         "stage1_steps": stage1,
         "batch_size": recipe.batch_size or recipe.profile.batch_size,
         "use_ehr": not args.no_ehr,
-        "stage2_ema_restart": args.stage2_ema_restart,
-        "ehr_lr_scale": args.ehr_lr_scale,
+        "stage2_ema_restart": restart,
+        "ehr_lr_scale": scale,
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

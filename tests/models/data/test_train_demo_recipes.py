@@ -53,3 +53,19 @@ def test_seconds_per_step_reads_the_train_log(train_demo: ModuleType, tmp_path: 
     log.write_text("\n".join(rows) + "\n")
     assert train_demo._seconds_per_step(log, 10, 20) == pytest.approx(0.5)
     assert train_demo._seconds_per_step(log, 10, 40) == pytest.approx(0.5)
+
+
+def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_path: Path) -> None:
+    def options(*flags: str) -> dict[str, object]:
+        return train_demo.stage2_options(train_demo.parse_args(["--out", str(tmp_path), *flags]))
+
+    recipe = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0}  # builtin:demo's (predates both options)
+    assert options() == recipe
+    assert options("--resume") == recipe  # nothing to resume: a new run, the recipe's
+    (tmp_path / "train_state.pt").write_bytes(b"")
+    assert options("--resume") == {"stage2_ema_restart": None, "ehr_lr_scale": None}  # train() keeps its own
+    assert options("--resume", "--no-stage2-ema-restart", "--ehr-lr-scale", "10") == {
+        "stage2_ema_restart": False,
+        "ehr_lr_scale": 10.0,
+    }  # given: train() checks them against the stored run
+    assert options("--stage2-ema-restart") == {"stage2_ema_restart": True, "ehr_lr_scale": 1.0}
