@@ -47,6 +47,7 @@ from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import generate_dataset
 from diff3m.models.inference import pick_device
 from diff3m.models.profiles import DEMO, Profile
+from diff3m.models.train import PREDATING, STATE_FILE, train
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,6 @@ def size_by_budget(
     samples: list[Any], recipe: Recipe, args: argparse.Namespace, budget: float
 ) -> tuple[int, int]:
     """Steps (total, stage 1) that fill ``budget`` seconds, from a short probe run of both stages."""
-    from diff3m.models.train import train
-
     s1, s2 = PROBE_STEPS
     probe = Path(tempfile.mkdtemp(prefix="train-probe-"))
     try:
@@ -182,13 +181,9 @@ def size_by_budget(
 def stage2_options(args: argparse.Namespace) -> dict[str, Any]:
     """``train()``'s stage-2 options from the flags: a flag left out is the recipe's value (EMA running on,
     lr scale 1) for a new run and ``None`` (the run's stored setting) when ``--resume`` finds a state."""
-    keep = args.resume and (args.out / "train_state.pt").is_file()
-    restart = args.stage2_ema_restart
-    scale = args.ehr_lr_scale
-    return {
-        "stage2_ema_restart": restart if restart is not None or keep else False,
-        "ehr_lr_scale": scale if scale is not None or keep else 1.0,
-    }
+    keep = args.resume and (args.out / STATE_FILE).is_file()
+    given = {"stage2_ema_restart": args.stage2_ema_restart, "ehr_lr_scale": args.ehr_lr_scale}
+    return {name: value if value is not None or keep else PREDATING[name] for name, value in given.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -225,8 +220,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     """Command-line entry point."""
-    from diff3m.models.train import train
-
     args = parse_args()
     recipe = RECIPES[args.recipe]
     torch.set_num_threads(args.threads)
@@ -254,10 +247,10 @@ def main() -> None:
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:
-        (out / "train_state.pt").unlink(missing_ok=True)
+        (out / STATE_FILE).unlink(missing_ok=True)
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
-    options = training.get("options", {})  # what the run used: a resumed run's own stage-2 options
-    restart, scale = bool(options.get("stage2_ema_restart")), float(options.get("ehr_lr_scale", 1.0))
+    options = {**PREDATING, **training.get("options", {})}  # what the run used (a resumed run: its own)
+    restart, scale = bool(options["stage2_ema_restart"]), float(options["ehr_lr_scale"])
     dev = pick_device(args.device)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     record = {
