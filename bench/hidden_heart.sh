@@ -13,6 +13,8 @@
 #   EMA_RESTART=1 ...   (both arms restart the EMA warm-up at stage 2: train --stage2-ema-restart)
 #   EHR_LR_SCALE=10 ...   (stage 2 trains the EHR tokens at 10x the learning rate: train --ehr-lr-scale;
 #                          given to both arms, though the image-only arm has no EHR tokens to train)
+#   STAGE2_MAX_NOISE=200 ...   (both arms train stage 2 at timesteps below 200 only, where the scorer works:
+#                               train --stage2-max-noise-level; every level in LEVELS must be <= it)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -26,6 +28,7 @@ PREFIX="${PREFIX:-}"  # names the arms' folders and results
 GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
 EMA_RESTART="${EMA_RESTART:-0}"  # 1: both arms with --stage2-ema-restart (the EMA warm-up restarts at stage 2)
 EHR_LR_SCALE="${EHR_LR_SCALE:-1}"  # the EHR tokens' stage-2 learning rate as a multiple of the profile's
+STAGE2_MAX_NOISE="${STAGE2_MAX_NOISE:-}"  # stage 2's highest noise level (empty: the whole schedule)
 ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
@@ -41,6 +44,7 @@ train_arm() {  # arm, torch threads
   if [ ! -f "$WORK/$PREFIX$1/model.safetensors" ]; then
     flag=""; [ "$1" = noehr ] && flag="--no-ehr"; [ "$EMA_RESTART" = 1 ] && flag="$flag --stage2-ema-restart"
     flag="$flag --ehr-lr-scale $EHR_LR_SCALE"
+    [ -n "$STAGE2_MAX_NOISE" ] && flag="$flag --stage2-max-noise-level $STAGE2_MAX_NOISE"
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
       --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --keep-state --quiet  # state: raw weights
   fi

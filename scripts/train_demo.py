@@ -180,9 +180,14 @@ def size_by_budget(
 
 def stage2_options(args: argparse.Namespace) -> dict[str, Any]:
     """``train()``'s stage-2 options from the flags: a flag left out is the recipe's value (EMA running on,
-    lr scale 1) for a new run and ``None`` (the run's stored setting) when ``--resume`` finds a state."""
+    lr scale 1, the whole schedule) for a new run and ``None`` (the run's stored setting) when ``--resume``
+    finds a state."""
     keep = args.resume and (args.out / STATE_FILE).is_file()
-    given = {"stage2_ema_restart": args.stage2_ema_restart, "ehr_lr_scale": args.ehr_lr_scale}
+    given = {
+        "stage2_ema_restart": args.stage2_ema_restart,
+        "ehr_lr_scale": args.ehr_lr_scale,
+        "stage2_max_noise_level": args.stage2_max_noise_level,
+    }
     return {name: value if value is not None or keep else PREDATING[name] for name, value in given.items()}
 
 
@@ -213,6 +218,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ehr-lr-scale",
         type=float,
         help="stage 2: the EHR tokens' learning rate as a multiple (default 1; --resume keeps the run's own)",
+    )
+    parser.add_argument(
+        "--stage2-max-noise-level",
+        type=int,
+        help="stage 2 trains at timesteps below this (default: the whole schedule; --resume keeps the "
+        "run's own)",
     )
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
@@ -251,6 +262,7 @@ def main() -> None:
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     options = {**PREDATING, **training.get("options", {})}  # what the run used (a resumed run: its own)
     restart, scale = bool(options["stage2_ema_restart"]), float(options["ehr_lr_scale"])
+    top = options["stage2_max_noise_level"]
     dev = pick_device(args.device)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     record = {
@@ -260,7 +272,8 @@ def main() -> None:
         f"--stage1-steps {stage1}"
         + (" --no-ehr" if args.no_ehr else "")
         + (" --stage2-ema-restart" if restart else "")
-        + (f" --ehr-lr-scale {scale:g}" if scale != 1 else ""),
+        + (f" --ehr-lr-scale {scale:g}" if scale != 1 else "")
+        + (f" --stage2-max-noise-level {top}" if top else ""),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),
@@ -270,6 +283,7 @@ def main() -> None:
         "use_ehr": not args.no_ehr,
         "stage2_ema_restart": restart,
         "ehr_lr_scale": scale,
+        "stage2_max_noise_level": top,
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

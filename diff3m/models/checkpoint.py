@@ -48,10 +48,16 @@ class CheckpointConfig:
     ehr_guidance: float = 1.0  # EHR guidance scale (diffusion.guided); 1 = the plain conditional model
     threshold: float = 0.0
     use_ehr: bool = True  # trained with EHR conditioning (False: image-only ablation)
+    max_noise_level: int | None = None  # highest noise level stage 2 trained at (None: the whole schedule)
     model_name: str = MODEL_NAME
     model_version: str = ""
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top_noise_level(self) -> int:
+        """The highest noise level the model can score at: where stage 2 stopped, or the whole schedule."""
+        return self.max_noise_level or self.schedule.timesteps
 
     def build_network(self) -> Diff3MNet:
         """An untrained network of this checkpoint's shape."""
@@ -74,6 +80,7 @@ class CheckpointConfig:
             "score_name": self.score_name,
             "threshold": self.threshold,
             "use_ehr": self.use_ehr,
+            "max_noise_level": self.max_noise_level,
             "extra": self.extra,
         }
 
@@ -100,6 +107,7 @@ class CheckpointConfig:
                 ehr_guidance=float(data.get("ehr_guidance", 1.0)),
                 threshold=float(data.get("threshold", 0.0)),
                 use_ehr=bool(data.get("use_ehr", True)),
+                max_noise_level=None if data.get("max_noise_level") is None else int(data["max_noise_level"]),
                 model_version=str(data.get("model_version", "")),
                 extra=dict(data.get("extra", {})),
             )
@@ -117,6 +125,11 @@ class CheckpointConfig:
             )
         if cfg.schedule.timesteps != cfg.profile.timesteps:
             raise CheckpointError("schedule and profile disagree on the number of timesteps")
+        if not 2 <= cfg.noise_level <= cfg.top_noise_level:
+            raise CheckpointError(
+                f"noise_level must be within 2..{cfg.top_noise_level} (the levels this model was trained "
+                f"at), got {cfg.noise_level}"
+            )
         return cfg
 
 

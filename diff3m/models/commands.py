@@ -50,6 +50,15 @@ def train_command(
             "(default: 1, as published; a resumed run keeps its own)",
         ),
     ] = None,
+    stage2_max_noise_level: Annotated[
+        int | None,
+        typer.Option(
+            "--stage2-max-noise-level",
+            min=2,
+            help="stage 2 trains at timesteps below this, where the scorer works (its noise level must "
+            "not exceed it; default: the whole schedule, as published; a resumed run keeps its own)",
+        ),
+    ] = None,
     stage1_from: Annotated[
         Path | None,
         typer.Option(
@@ -78,6 +87,7 @@ def train_command(
             stage1_from=stage1_from,
             stage2_ema_restart=stage2_ema_restart,
             ehr_lr_scale=ehr_lr_scale,
+            stage2_max_noise_level=stage2_max_noise_level,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -47,12 +47,13 @@ class TrainOptions:
     field_dropout: float  # chance a field is hidden in stage 2 (trains the missing embeddings)
     stage2_ema_restart: bool  # the EMA warm-up starts again with stage 2 (no stage-1 weights in it)
     ehr_lr_scale: float  # stage 2: the EHR pathway's learning rate as a multiple of ``lr``
+    stage2_max_noise_level: int | None  # stage 2 trains at timesteps below this (None: the whole schedule)
 
 
 # what the arms forked from one shared stage 1 (``train(stage1_from=...)``) may differ in
-STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart", "ehr_lr_scale")
+STAGE2_OPTIONS = ("use_ehr", "stage2_ema_restart", "ehr_lr_scale", "stage2_max_noise_level")
 # options added after states were first written, with what a state that predates one was trained with
-PREDATING: dict[str, Any] = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0}
+PREDATING: dict[str, Any] = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
 
 
 @dataclass
@@ -133,6 +134,7 @@ def train(
     stage1_from: str | Path | None = None,
     stage2_ema_restart: bool | None = None,
     ehr_lr_scale: float | None = None,
+    stage2_max_noise_level: int | None = None,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -153,12 +155,21 @@ def train(
     ``Diff3MNet.ehr_pathway``) in stage 2; the rest trains at ``lr``. 1 is the published recipe. The
     image-only arm never uses those parameters, so an ablation's arms stay at an equal budget.
     ``None``: a resumed run keeps its own setting; a new run or a forked arm takes 1.
+
+    ``stage2_max_noise_level`` N: stage 2 draws its timesteps from 0 .. N-1 instead of the whole schedule,
+    so its training lands where the scorer works (a noise level L uses the network at t < L). The
+    checkpoint records N and refuses to score at a noise level above it. ``None``: a resumed run keeps
+    its own setting; a new run or a forked arm trains on the whole schedule, as published.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if ehr_lr_scale is not None and not ehr_lr_scale > 0:
         raise ValueError(f"ehr_lr_scale must be positive, not {ehr_lr_scale}")
+    if stage2_max_noise_level is not None and not 2 <= stage2_max_noise_level <= prof.timesteps:
+        raise ValueError(
+            f"stage2_max_noise_level must be within 2..{prof.timesteps}, not {stage2_max_noise_level}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -181,6 +192,10 @@ def train(
         stage2_ema_restart = bool(stored["stage2_ema_restart"]) if state and not forked else True
     if ehr_lr_scale is None:
         ehr_lr_scale = float(stored["ehr_lr_scale"]) if state and not forked else 1.0
+    if stage2_max_noise_level is None:
+        stage2_max_noise_level = stored["stage2_max_noise_level"] if state and not forked else None
+    elif stage2_max_noise_level == prof.timesteps:  # the whole schedule, stored as None
+        stage2_max_noise_level = None
     s1 = max(0, min(stage1_steps, steps))
     opts = TrainOptions(
         prof.name,
@@ -194,6 +209,7 @@ def train(
         field_dropout,
         stage2_ema_restart,
         ehr_lr_scale,
+        stage2_max_noise_level,
     )
     if state:
         expected = {**asdict(opts), "steps": stored["steps"]}
@@ -289,12 +305,14 @@ def train(
         log_file.close()
     _save_state(state_path, net, ema, opt, rng, step, stage, opts, encoder)
 
+    trained_max = opts.stage2_max_noise_level if steps > s1 else None  # stage 1 trains every timestep
     config = checkpoint.CheckpointConfig(
         profile=prof,
         ehr=encoder,
         schedule=schedule.config,
         steps=prof.steps,
-        noise_level=prof.noise_level,
+        noise_level=min(prof.noise_level, trained_max or prof.timesteps),
+        max_noise_level=trained_max,
         encoding=prof.encoding,
         draws=prof.draws,
         use_ehr=use_ehr,
@@ -337,7 +355,8 @@ def _train_step(
     n = data.images.shape[0]
     idx = torch.randint(n, (opts.batch_size,), generator=rng).to(data.images.device)
     x0 = data.images[idx].to(dev, torch.float32)
-    t = torch.randint(schedule.timesteps, (opts.batch_size,), generator=rng).to(dev)
+    top = opts.stage2_max_noise_level if stage == 2 and opts.stage2_max_noise_level else schedule.timesteps
+    t = torch.randint(top, (opts.batch_size,), generator=rng).to(dev)
     noise = torch.randn(x0.shape, generator=rng).to(dev)
     x_t = schedule.q_sample(x0, t, noise)
     zero = torch.zeros((), device=dev)

@@ -291,3 +291,44 @@ def test_ehr_lr_scale_trains_only_the_ehr_tokens_faster(tmp_path: Path) -> None:
         train(samples, fast, steps=6, ehr_lr_scale=1, **opts)
     with pytest.raises(ValueError, match="positive"):
         train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, ehr_lr_scale=0, **opts)
+
+
+def test_stage2_max_noise_level_trains_and_scores_below_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diff3m.models.inference import Diff3MScorer
+    from diff3m.models.schedule import DiffusionSchedule
+
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    drawn: list[int] = []
+    q_sample = DiffusionSchedule.q_sample
+
+    def spy(self: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        drawn.extend(t.tolist())
+        return q_sample(self, x0, t, noise)
+
+    monkeypatch.setattr(DiffusionSchedule, "q_sample", spy)
+    low = train(samples, tmp_path / "low", steps=40, stage1_from=stage1, stage2_max_noise_level=50, **opts)
+    monkeypatch.undo()
+    assert len(drawn) >= 76 and max(drawn[:76]) < 50  # 38 stage-2 steps of batch 2, before calibration
+    assert torch.load(low / STATE_FILE, weights_only=False)["options"]["stage2_max_noise_level"] == 50
+    cfg = checkpoint.load_config(low)
+    assert cfg.max_noise_level == 50 and cfg.noise_level == 50  # the profile's 100 is above what was trained
+    scorer = Diff3MScorer.load(low, "cpu")
+    with pytest.raises(ValueError, match="trained at"):
+        scorer.score_batch([], noise_level=51)  # the recipe is checked before any image
+    with pytest.raises(checkpoint.CheckpointError, match="trained at"):
+        checkpoint.update_config(low, noise_level=60)
+    checkpoint.update_config(low, noise_level=20)
+    # a resumed run keeps its range; another one is refused
+    train(samples, low, steps=41, **opts)
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, low, steps=42, stage2_max_noise_level=1000, **opts)
+    # the whole schedule is the published recipe, stored as None; out of range is an error
+    whole = train(samples, tmp_path / "whole", steps=3, stage1_from=stage1, stage2_max_noise_level=1000, **opts)
+    assert torch.load(whole / STATE_FILE, weights_only=False)["options"]["stage2_max_noise_level"] is None
+    assert checkpoint.load_config(whole).max_noise_level is None
+    with pytest.raises(ValueError, match="within 2..1000"):
+        train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, stage2_max_noise_level=1001, **opts)

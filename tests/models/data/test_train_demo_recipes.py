@@ -59,13 +59,17 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
     def options(*flags: str) -> dict[str, object]:
         return train_demo.stage2_options(train_demo.parse_args(["--out", str(tmp_path), *flags]))
 
-    recipe = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0}  # builtin:demo's (predates both options)
+    # builtin:demo's recipe (predates the options): EMA running on, lr scale 1, the whole schedule
+    recipe = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
     assert options() == recipe
     assert options("--resume") == recipe  # nothing to resume: a new run, the recipe's
     (tmp_path / "train_state.pt").write_bytes(b"")
-    assert options("--resume") == {"stage2_ema_restart": None, "ehr_lr_scale": None}  # train() keeps its own
+    keep = {"stage2_ema_restart": None, "ehr_lr_scale": None, "stage2_max_noise_level": None}
+    assert options("--resume") == keep  # train() keeps its own
     assert options("--resume", "--no-stage2-ema-restart", "--ehr-lr-scale", "10") == {
+        **keep,
         "stage2_ema_restart": False,
         "ehr_lr_scale": 10.0,
     }  # given: train() checks them against the stored run
-    assert options("--stage2-ema-restart") == {"stage2_ema_restart": True, "ehr_lr_scale": 1.0}
+    assert options("--stage2-ema-restart") == {**recipe, "stage2_ema_restart": True}
+    assert options("--stage2-max-noise-level", "200") == {**recipe, "stage2_max_noise_level": 200}
