@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from diff3m.cli_common import ConfigOption, settings_or_exit
+from diff3m.config import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +25,11 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_or_exit(config)
         configure_logging()
-        run(settings, concurrency=concurrency)
+        try:
+            run(settings, concurrency=concurrency)
+        except ConfigError as err:  # e.g. [model] settings the checkpoint cannot score with
+            print(f"diff3m: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     @app.command()
     def worker(
@@ -37,5 +43,9 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_or_exit(config)
         configure_logging()
-        run_worker(settings, queues=[q.strip() for q in queues.split(",") if q.strip()],
-                   concurrency=concurrency)
+        try:
+            run_worker(settings, queues=[q.strip() for q in queues.split(",") if q.strip()],
+                       concurrency=concurrency)
+        except ConfigError as err:
+            print(f"diff3m: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
