@@ -327,7 +327,9 @@ def test_stage2_max_noise_level_trains_and_scores_below_it(
     with pytest.raises(ValueError, match="other options"):
         train(samples, low, steps=42, stage2_max_noise_level=1000, **opts)
     # the whole schedule is the published recipe, stored as None; out of range is an error
-    whole = train(samples, tmp_path / "whole", steps=3, stage1_from=stage1, stage2_max_noise_level=1000, **opts)
+    whole = train(
+        samples, tmp_path / "whole", steps=3, stage1_from=stage1, stage2_max_noise_level=1000, **opts
+    )
     assert torch.load(whole / STATE_FILE, weights_only=False)["options"]["stage2_max_noise_level"] is None
     assert checkpoint.load_config(whole).max_noise_level is None
     with pytest.raises(ValueError, match="within 2..1000"):
