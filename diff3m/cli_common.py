@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,10 +18,17 @@ ConfigOption = Annotated[
 ]
 
 
-def settings_or_exit(config: Path | None) -> Settings:
-    """Load settings, or print the reason (naming the key) and exit with status 2."""
+@contextmanager
+def config_errors_exit() -> Iterator[None]:
+    """A ConfigError inside (a bad setting, naming its key) prints its reason and exits with status 2."""
     try:
-        return load_settings(config)
+        yield
     except ConfigError as err:
         print(f"diff3m: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    """Load settings, or print the reason (naming the key) and exit with status 2."""
+    with config_errors_exit():
+        return load_settings(config)

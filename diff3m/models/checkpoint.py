@@ -59,6 +59,14 @@ class CheckpointConfig:
         """The highest noise level the model can score at: where stage 2 stopped, or the whole schedule."""
         return self.max_noise_level or self.schedule.timesteps
 
+    def check_noise_level(self, level: int) -> None:
+        """ValueError unless the model can score at noise level ``level`` (2 .. ``top_noise_level``)."""
+        if not 2 <= level <= self.top_noise_level:
+            raise ValueError(
+                f"noise level must be within 2..{self.top_noise_level} (the levels this model was trained "
+                f"at), got {level}"
+            )
+
     def build_network(self) -> Diff3MNet:
         """An untrained network of this checkpoint's shape."""
         return Diff3MNet(self.profile, self.ehr.n_tokens, self.ehr.group_indices())
@@ -125,11 +133,10 @@ class CheckpointConfig:
             )
         if cfg.schedule.timesteps != cfg.profile.timesteps:
             raise CheckpointError("schedule and profile disagree on the number of timesteps")
-        if not 2 <= cfg.noise_level <= cfg.top_noise_level:
-            raise CheckpointError(
-                f"noise_level must be within 2..{cfg.top_noise_level} (the levels this model was trained "
-                f"at), got {cfg.noise_level}"
-            )
+        try:
+            cfg.check_noise_level(cfg.noise_level)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
         return cfg
 
 

@@ -224,11 +224,7 @@ class Diff3MScorer:
         encoding = encoding or self.config.encoding
         draws = self.config.draws if draws is None else draws
         guidance = self.config.ehr_guidance if ehr_guidance is None else float(ehr_guidance)
-        if not 2 <= level <= self.config.top_noise_level:
-            raise ValueError(
-                f"noise level must be within 2..{self.config.top_noise_level} (the levels this model was "
-                f"trained at), got {level}"
-            )
+        self.config.check_noise_level(level)
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         if draws < 1:

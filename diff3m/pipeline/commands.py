@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from diff3m.cli_common import ConfigOption, settings_or_exit
-from diff3m.config import ConfigError
+from diff3m.cli_common import ConfigOption, config_errors_exit, settings_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -25,11 +23,8 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_or_exit(config)
         configure_logging()
-        try:
+        with config_errors_exit():  # e.g. [model] settings the checkpoint cannot score with
             run(settings, concurrency=concurrency)
-        except ConfigError as err:  # e.g. [model] settings the checkpoint cannot score with
-            print(f"diff3m: {err}", file=sys.stderr)
-            raise typer.Exit(2) from None
 
     @app.command()
     def worker(
@@ -43,9 +38,6 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_or_exit(config)
         configure_logging()
-        try:
+        with config_errors_exit():
             run_worker(settings, queues=[q.strip() for q in queues.split(",") if q.strip()],
                        concurrency=concurrency)
-        except ConfigError as err:
-            print(f"diff3m: {err}", file=sys.stderr)
-            raise typer.Exit(2) from None

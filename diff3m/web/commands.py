@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from diff3m.cli_common import ConfigOption, settings_or_exit
-from diff3m.config import ConfigError
+from diff3m.cli_common import ConfigOption, config_errors_exit, settings_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -33,11 +31,8 @@ def register(app: typer.Typer) -> None:
         if port is not None:
             settings.web.port = port
         configure_logging(log_level.upper())
-        try:
+        with config_errors_exit():
             application = create_app(settings)
-        except ConfigError as err:
-            print(f"diff3m: {err}", file=sys.stderr)
-            raise typer.Exit(2) from None
         typer.echo(f"worklist at http://{settings.web.host}:{settings.web.port}/", err=True)
         uvicorn.run(application, host=settings.web.host, port=settings.web.port, log_config=None,
                     access_log=False, log_level=log_level.lower(), proxy_headers=True)
