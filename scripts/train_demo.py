@@ -4,20 +4,22 @@ Two recipes, as data (``RECIPES`` below), both on the same 2000 normal + 500 abn
 0.80/0.05/0.15, so the test split holds 284 normal + 375 abnormal images):
 
 * ``cpu`` (what ``builtin:demo`` ships, the default): the small ``demo-cpu`` network (0.27 M parameters in
-  its main UNet), 4000 image-only steps + 400 PCM/IECA steps at batch 16, about an hour on 2 CPU cores.
+  its main UNet), 4000 image-only steps, then 2000 PCM/IECA steps drawn below noise level 200 (the scorer
+  works at L 50) with the EMA warm-up started again, batch 16: about an hour on 2 CPU cores.
   It scores with the ``noise`` encoding (L 50, one step, 8 draws) and ``normalized_max``.
 * ``gpu``: the ``demo-gpu`` network (64 px, 3.7 M parameters) on a CUDA card with bf16 autocast, batch 64,
-  scored with the published inversion. Tried on a lent H200 (bench/RESULTS.md, "GPU"): it did not beat
-  the weights that shipped then, so it is not what ships. A run is repeated step for step with the counts
-  its ``recipe.json`` records:
+  scored with the published inversion, stage 2 over the whole schedule. Tried on a lent H200
+  (bench/RESULTS.md, "GPU"): it did not beat the CPU weights of its time, so it is not what ships. A run is
+  repeated step for step with the counts its ``recipe.json`` records:
 
       python scripts/train_demo.py --recipe gpu --steps N --stage1-steps M --out DIR
 
-The EHR ablation shares stage 1 between its two arms (stage 1 never sees the EHR):
+The EHR ablation shares stage 1 between its two arms (stage 1 never sees the EHR). ``builtin:demo`` is the
+first arm; forking changes nothing, so one uninterrupted run (``make demo-weights``) trains the same weights:
 
-      python scripts/train_demo.py --steps 4000 --keep-state --out var/demo-stage1
-      python scripts/train_demo.py --stage1-from var/demo-stage1                     # builtin:demo
-      python scripts/train_demo.py --stage1-from var/demo-stage1 --no-ehr --out var/ablation/noehr
+      python scripts/train_demo.py --steps 4000 --keep-state --out var/std/stage1
+      python scripts/train_demo.py --stage1-from var/std/stage1                        # builtin:demo
+      python scripts/train_demo.py --stage1-from var/std/stage1 --no-ehr --out var/ablation/noehr
 
 ``--budget-seconds S`` replaces ``--steps``: a 40-step probe measures seconds per step of each stage on
 this machine, then the run is sized to take about S seconds (``--stage1-fraction`` of the steps image-only).
@@ -61,6 +63,9 @@ class Recipe:
     stage1_steps: int
     batch_size: int | None = None  # None: the profile's
     calibration: int = 60
+    # stage 2: start the EMA warm-up again, and train only below this noise level (None: every one)
+    stage2_ema_restart: bool = bool(PREDATING["stage2_ema_restart"])
+    stage2_max_noise_level: int | None = PREDATING["stage2_max_noise_level"]
 
 
 DEMO_CPU = Profile(
@@ -100,9 +105,11 @@ RECIPES = {
         profile=DEMO_CPU,
         phantoms=PHANTOMS,
         phantom_args=PHANTOM_ARGS,
-        steps=4400,  # 4000 image-only DDPM steps + 400 PCM + IECA steps, about an hour on 2 CPU cores
+        steps=6000,  # 4000 image-only DDPM steps + 2000 PCM + IECA steps, about an hour on 2 CPU cores
         stage1_steps=4000,
         calibration=100,
+        stage2_ema_restart=True,
+        stage2_max_noise_level=200,  # 4x the scoring level L 50: stage 2 trains where the scorer works
     ),
     "gpu": Recipe(
         profile=DEMO_GPU,
@@ -178,17 +185,24 @@ def size_by_budget(
     return total, int(total * frac)
 
 
-def stage2_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``train()``'s stage-2 options from the flags: a flag left out is the recipe's value (EMA running on,
-    lr scale 1, the whole schedule) for a new run and ``None`` (the run's stored setting) when ``--resume``
-    finds a state."""
+def stage2_options(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
+    """``train()``'s stage-2 options from the flags: a flag left out is the recipe's value (``cpu``: EMA
+    restarted, below noise level 200; ``gpu``: EMA running on, the whole schedule; both: lr scale 1) for a
+    new run and ``None`` (the run's stored setting) when ``--resume`` finds a state."""
     keep = args.resume and (args.out / STATE_FILE).is_file()
+    recipe_values = {
+        **PREDATING,
+        "stage2_ema_restart": recipe.stage2_ema_restart,
+        "stage2_max_noise_level": recipe.stage2_max_noise_level,
+    }
     given = {
         "stage2_ema_restart": args.stage2_ema_restart,
         "ehr_lr_scale": args.ehr_lr_scale,
         "stage2_max_noise_level": args.stage2_max_noise_level,
     }
-    return {name: value if value is not None or keep else PREDATING[name] for name, value in given.items()}
+    return {
+        name: value if value is not None or keep else recipe_values[name] for name, value in given.items()
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,8 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stage2-ema-restart",
         action=argparse.BooleanOptionalAction,
-        help="start the EMA warm-up again when stage 2 begins (diff3m train's default; off in the "
-        "builtin:demo recipe, which predates it; --resume keeps the run's own setting)",
+        help="start the EMA warm-up again when stage 2 begins (default: the recipe's, on in cpu, off in "
+        "gpu, which predates it; --resume keeps the run's own setting)",
     )
     parser.add_argument(
         "--ehr-lr-scale",
@@ -222,8 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stage2-max-noise-level",
         type=int,
-        help="stage 2 trains at timesteps below this (default: the whole schedule; --resume keeps the "
-        "run's own)",
+        help="stage 2 trains at timesteps below this (default: the recipe's, 200 in cpu, the whole "
+        "schedule in gpu; --resume keeps the run's own)",
     )
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
@@ -254,7 +268,7 @@ def main() -> None:
         progress=not args.quiet,
         resume=args.resume,
         stage1_from=args.stage1_from,
-        **stage2_options(args),
+        **stage2_options(args, recipe),
     )
     # train()'s resumable state is not shipped (it holds optimizer moments: 3x the weights)
     if not args.keep_state:

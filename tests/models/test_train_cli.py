@@ -257,6 +257,24 @@ def test_ablation_arms_share_stage1(tmp_path: Path) -> None:
         train(samples, tmp_path / "z", steps=3, stage1_from=tmp_path / "nowhere", **opts)
 
 
+def test_an_arm_forked_from_stage1_is_the_continuous_run(tmp_path: Path) -> None:
+    """Forking after stage 1 changes nothing: the arm's weights, EMA and calibration are the ones one
+    uninterrupted run trains (builtin:demo is made forked; ``make demo-weights`` runs it in one go)."""
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 2, "progress": False}
+    stage2 = {"stage2_ema_restart": True, "stage2_max_noise_level": 200}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts, **stage2)
+    forked = train(samples, tmp_path / "forked", steps=4, stage1_from=stage1, **opts, **stage2)
+    whole = train(samples, tmp_path / "whole", steps=4, **opts, **stage2)
+    a, b = (torch.load(run / STATE_FILE, weights_only=False) for run in (forked, whole))
+    for part in ("net", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert torch.equal(a["rng"], b["rng"])
+    configs = [json.loads((run / "config.json").read_text()) for run in (forked, whole)]
+    assert configs[0]["threshold"] == configs[1]["threshold"] > 0
+    assert configs[0]["max_noise_level"] == 200
+
+
 def test_ehr_lr_scale_trains_only_the_ehr_tokens_faster(tmp_path: Path) -> None:
     samples = write_samples(tmp_path / "img", n=4)
     opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}

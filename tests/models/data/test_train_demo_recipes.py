@@ -33,6 +33,9 @@ def test_cpu_recipe_is_what_ships(train_demo: ModuleType) -> None:
     assert recipe.profile == Profile.from_dict(shipped["profile"])
     assert {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])} == shipped["phantoms"]
     assert (recipe.steps, recipe.stage1_steps) == (shipped["steps"], shipped["stage1_steps"])
+    assert recipe.stage2_ema_restart is shipped["stage2_ema_restart"] is True
+    assert recipe.stage2_max_noise_level == shipped["stage2_max_noise_level"] == 200
+    assert shipped["ehr_lr_scale"] == 1
 
 
 def test_gpu_recipe_test_split_has_200_per_class(train_demo: ModuleType) -> None:
@@ -57,12 +60,16 @@ def test_seconds_per_step_reads_the_train_log(train_demo: ModuleType, tmp_path: 
 
 def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_path: Path) -> None:
     def options(*flags: str) -> dict[str, object]:
-        return train_demo.stage2_options(train_demo.parse_args(["--out", str(tmp_path), *flags]))
+        args = train_demo.parse_args(["--out", str(tmp_path), *flags])
+        return train_demo.stage2_options(args, train_demo.RECIPES[args.recipe])
 
-    # builtin:demo's recipe (predates the options): EMA running on, lr scale 1, the whole schedule
-    recipe = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
+    # builtin:demo's recipe: EMA restarted, lr scale 1, below noise level 200
+    recipe = {"stage2_ema_restart": True, "ehr_lr_scale": 1.0, "stage2_max_noise_level": 200}
     assert options() == recipe
     assert options("--resume") == recipe  # nothing to resume: a new run, the recipe's
+    # the gpu recipe predates the options: EMA running on, the whole schedule
+    whole = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
+    assert options("--recipe", "gpu") == whole
     (tmp_path / "train_state.pt").write_bytes(b"")
     keep = {"stage2_ema_restart": None, "ehr_lr_scale": None, "stage2_max_noise_level": None}
     assert options("--resume") == keep  # train() keeps its own
@@ -71,5 +78,5 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
         "stage2_ema_restart": False,
         "ehr_lr_scale": 10.0,
     }  # given: train() checks them against the stored run
-    assert options("--stage2-ema-restart") == {**recipe, "stage2_ema_restart": True}
-    assert options("--stage2-max-noise-level", "200") == {**recipe, "stage2_max_noise_level": 200}
+    assert options("--no-stage2-ema-restart") == {**recipe, "stage2_ema_restart": False}
+    assert options("--stage2-max-noise-level", "1000") == {**recipe, "stage2_max_noise_level": 1000}
