@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Does the model's EHR conditioning add information when the EHR carries something the image does not?
 # The EHR ablation of builtin:demo cannot show it: on the standard phantoms the image already shows what
-# the EHR says (bench/ehr_ceiling.py: at most +0.010). Here the same recipe as builtin:demo (demo-cpu
-# network, 4000 shared image-only steps + 400 steps of stage 2 with or without the EHR, batch 16) runs on
+# the EHR says (bench/ehr_ceiling.py: at most +0.010). Here the recipe builtin:demo first shipped with
+# (demo-cpu network, 4000 shared image-only steps + 400 steps of stage 2 with or without the EHR over the
+# whole schedule, the EMA running on, batch 16; the knobs below give today's recipe) runs on
 # the hidden-heart phantoms (docs/phantoms.md, "Designs"), both arms are calibrated and evaluated on the
 # full test split at the shipped sampling (noise, L 50, 1 step, 8 draws) and at a higher noise level, and
 # the ceiling is computed from the generator's truth. About 1.5 h on 2 CPU cores. From the repo root:
@@ -15,6 +16,9 @@
 #                          given to both arms, though the image-only arm has no EHR tokens to train)
 #   STAGE2_MAX_NOISE=200 ...   (both arms train stage 2 at timesteps below 200 only, where the scorer works:
 #                               train --stage2-max-noise-level; every level in LEVELS must be <= it)
+#   DATA=var/phantoms-2500 WORK=var/std OUT=bench/results/std-demo STAGE2=2000 EMA_RESTART=1 \
+#     STAGE2_MAX_NOISE=200 ARMS_SIDE_BY_SIDE=1 LEVELS="50 100 150" bench/hidden_heart.sh
+#       (builtin:demo's own ablation: today's recipe on the standard phantoms; its EHR arm is what ships)
 set -euo pipefail
 PY="${PYTHON:-.venv/bin/python}"
 DIFF3M="${DIFF3M:-.venv/bin/diff3m}"
@@ -23,7 +27,7 @@ WORK="${WORK:-var/hidden}"
 OUT="${OUT:-bench/results/hidden-heart}"
 THREADS="${THREADS:-2}"
 LEVELS="${LEVELS:-50 150}"
-STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (the builtin:demo recipe: 400)
+STAGE2="${STAGE2:-400}"  # stage-2 steps of each arm (builtin:demo: 400 at first, 2000 today)
 PREFIX="${PREFIX:-}"  # names the arms' folders and results
 GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain conditional model)
 EMA_RESTART="${EMA_RESTART:-0}"  # 1: both arms with --stage2-ema-restart (the EMA warm-up restarts at stage 2)
@@ -42,9 +46,10 @@ if [ ! -f "$WORK/stage1/model.safetensors" ]; then
 fi
 train_arm() {  # arm, torch threads
   if [ ! -f "$WORK/$PREFIX$1/model.safetensors" ]; then
-    flag=""; [ "$1" = noehr ] && flag="--no-ehr"; [ "$EMA_RESTART" = 1 ] && flag="$flag --stage2-ema-restart"
-    flag="$flag --ehr-lr-scale $EHR_LR_SCALE"
-    [ -n "$STAGE2_MAX_NOISE" ] && flag="$flag --stage2-max-noise-level $STAGE2_MAX_NOISE"
+    # every stage-2 option explicit: scripts/train_demo.py's own defaults are today's builtin:demo recipe
+    flag=""; [ "$1" = noehr ] && flag="--no-ehr"
+    if [ "$EMA_RESTART" = 1 ]; then flag="$flag --stage2-ema-restart"; else flag="$flag --no-stage2-ema-restart"; fi
+    flag="$flag --ehr-lr-scale $EHR_LR_SCALE --stage2-max-noise-level ${STAGE2_MAX_NOISE:-1000}"  # 1000: all
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
       --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --keep-state --quiet  # state: raw weights
   fi

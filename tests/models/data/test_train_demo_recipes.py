@@ -31,7 +31,11 @@ def test_cpu_recipe_is_what_ships(train_demo: ModuleType) -> None:
     shipped = json.loads((ROOT / "diff3m/models/weights/demo/recipe.json").read_text())
     recipe = train_demo.RECIPES["cpu"]
     assert recipe.profile == Profile.from_dict(shipped["profile"])
-    assert {**recipe.phantom_args, "fractions": list(recipe.phantom_args["fractions"])} == shipped["phantoms"]
+    phantoms, args = shipped["phantoms"], recipe.phantom_args
+    assert [phantoms[k] for k in ("n_normal", "n_abnormal", "size", "seed")] == [
+        args[k] for k in ("n_normal", "n_abnormal", "size", "seed")
+    ]
+    assert phantoms["split_fractions"] == list(args["fractions"]) and phantoms["design"]["name"] == "standard"
     assert (recipe.steps, recipe.stage1_steps) == (shipped["steps"], shipped["stage1_steps"])
     assert recipe.stage2_ema_restart is shipped["stage2_ema_restart"] is True
     assert recipe.stage2_max_noise_level == shipped["stage2_max_noise_level"] == 200
