@@ -44,7 +44,7 @@ def test_builtin_demo_loads_and_scores() -> None:
 def test_builtin_demo_separates_unseen_phantoms(tmp_path: Path) -> None:
     """Fresh phantoms (another seed than training): abnormal ones score above normal ones.
 
-    bench/RESULTS.md has the full test split (AUROC 0.94 on 284 + 375); this small fixed set is a
+    bench/RESULTS.md has the full test split (AUROC 0.966 on 284 + 375); this small fixed set is a
     regression guard on the shipped weights and the scoring path, deterministic end to end.
     """
     from sklearn.metrics import roc_auc_score
