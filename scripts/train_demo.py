@@ -205,6 +205,20 @@ def stage2_options(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def command(recipe: str, steps: int, stage1: int, use_ehr: bool, options: dict[str, Any]) -> str:
+    """The command line that repeats a run whose stage-2 ``options`` were these (``training.json``'s).
+
+    Every stage-2 setting is written out, so the line still means the same run when a recipe's defaults
+    change; a run that stops after stage 1 has none to write."""
+    line = f"python scripts/train_demo.py --recipe {recipe} --steps {steps} --stage1-steps {stage1}"
+    line += "" if use_ehr else " --no-ehr"
+    if steps > stage1:
+        top = options["stage2_max_noise_level"] or RECIPES[recipe].profile.timesteps
+        line += " --stage2-ema-restart" if options["stage2_ema_restart"] else " --no-stage2-ema-restart"
+        line += f" --ehr-lr-scale {float(options['ehr_lr_scale']):g} --stage2-max-noise-level {top}"
+    return line
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``sys.argv`` when ``argv`` is None)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -282,12 +296,7 @@ def main() -> None:
     record = {
         "script": "scripts/train_demo.py",
         "recipe": args.recipe,
-        "command": f"python scripts/train_demo.py --recipe {args.recipe} --steps {steps} "
-        f"--stage1-steps {stage1}"
-        + (" --no-ehr" if args.no_ehr else "")
-        + (" --stage2-ema-restart" if restart else "")
-        + (f" --ehr-lr-scale {scale:g}" if scale != 1 else "")
-        + (f" --stage2-max-noise-level {top}" if top else ""),
+        "command": command(args.recipe, steps, stage1, not args.no_ehr, options),
         "stage1_from": str(args.stage1_from) if args.stage1_from else None,
         "phantoms": _phantom_record(root),
         "profile": recipe.profile.to_dict(),

@@ -40,6 +40,24 @@ def test_cpu_recipe_is_what_ships(train_demo: ModuleType) -> None:
     assert recipe.stage2_ema_restart is shipped["stage2_ema_restart"] is True
     assert recipe.stage2_max_noise_level == shipped["stage2_max_noise_level"] == 200
     assert shipped["ehr_lr_scale"] == 1
+    assert shipped["command"] == train_demo.command("cpu", 6000, 4000, True, shipped)
+
+
+def test_command_writes_every_stage2_setting(train_demo: ModuleType) -> None:
+    # a run made with other stage-2 settings than today's recipe still repeats as itself
+    whole = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
+    line = train_demo.command("cpu", 4400, 4000, False, whole)
+    assert line.endswith(
+        "--steps 4400 --stage1-steps 4000 --no-ehr --no-stage2-ema-restart --ehr-lr-scale 1 "
+        "--stage2-max-noise-level 1000"
+    )
+    args = train_demo.parse_args(line.split()[2:])
+    assert train_demo.stage2_options(args, train_demo.RECIPES["cpu"]) == {
+        **whole,
+        "stage2_max_noise_level": 1000,
+    }
+    # stage 1 alone: no stage-2 settings to repeat
+    assert train_demo.command("cpu", 4000, 4000, True, whole).endswith("--stage1-steps 4000")
 
 
 def test_gpu_recipe_test_split_has_200_per_class(train_demo: ModuleType) -> None:
