@@ -207,10 +207,6 @@ class Diff3MScorer:
         """Gaussian smoothing of the residual map (model-grid pixels) for the smoothed scores."""
         return max(1.0, self.image_size / 64)
 
-    def check_recipe(self, steps: int | None = None, noise_level: int | None = None) -> None:
-        """Raise ValueError when ``steps`` or ``noise_level`` (None: the checkpoint's) do not fit."""
-        self._sampling(steps, noise_level, None, None)
-
     def _sampling(
         self,
         steps: int | None,

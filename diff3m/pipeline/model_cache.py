@@ -27,7 +27,7 @@ def scorer_for(settings: Settings) -> Diff3MScorer:
         if key not in _CACHE:
             scorer = Diff3MScorer.load(settings.model.checkpoint, device=settings.model.device)
             try:
-                scorer.check_recipe(settings.model.steps, settings.model.noise_level)
+                scorer.config.check_noise_level(settings.model.noise_level or scorer.config.noise_level)
             except ValueError as err:
                 raise ConfigError(f"model.noise_level: {err} ({settings.model.checkpoint})") from err
             _CACHE[key] = scorer
