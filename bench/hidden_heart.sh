@@ -16,6 +16,8 @@
 #                          given to both arms, though the image-only arm has no EHR tokens to train)
 #   STAGE2_MAX_NOISE=200 ...   (both arms train stage 2 at timesteps below 200 only, where the scorer works:
 #                               train --stage2-max-noise-level; every level in LEVELS must be <= it)
+#   MASKED_BRANCH=0 ...   (both arms train stage 2 on the noise loss alone, without the masked branch the
+#                          scorer's noise encoding never uses: train --no-stage2-masked-branch, ~3x faster)
 #   DATA=var/phantoms-2500 WORK=var/std OUT=bench/results/std-demo STAGE2=2000 EMA_RESTART=1 \
 #     STAGE2_MAX_NOISE=200 ARMS_SIDE_BY_SIDE=1 LEVELS="50 100 150" bench/hidden_heart.sh
 #       (builtin:demo's own ablation: today's recipe on the standard phantoms; its EHR arm is what ships)
@@ -33,6 +35,7 @@ GUIDANCE="${GUIDANCE:-1}"  # EHR guidance scales of the EHR arm (1: the plain co
 EMA_RESTART="${EMA_RESTART:-0}"  # 1: both arms with --stage2-ema-restart (the EMA warm-up restarts at stage 2)
 EHR_LR_SCALE="${EHR_LR_SCALE:-1}"  # the EHR tokens' stage-2 learning rate as a multiple of the profile's
 STAGE2_MAX_NOISE="${STAGE2_MAX_NOISE:-}"  # stage 2's highest noise level (empty: the whole schedule)
+MASKED_BRANCH="${MASKED_BRANCH:-1}"  # 0: both arms with --no-stage2-masked-branch (the noise loss alone)
 ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
@@ -49,6 +52,7 @@ train_arm() {  # arm, torch threads
     # every stage-2 option explicit: scripts/train_demo.py's own defaults are today's builtin:demo recipe
     flag=""; [ "$1" = noehr ] && flag="--no-ehr"
     if [ "$EMA_RESTART" = 1 ]; then flag="$flag --stage2-ema-restart"; else flag="$flag --no-stage2-ema-restart"; fi
+    if [ "$MASKED_BRANCH" = 1 ]; then flag="$flag --stage2-masked-branch"; else flag="$flag --no-stage2-masked-branch"; fi
     flag="$flag --ehr-lr-scale $EHR_LR_SCALE --stage2-max-noise-level ${STAGE2_MAX_NOISE:-1000}"  # 1000: all
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
       --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --keep-state --quiet  # state: raw weights

@@ -49,6 +49,7 @@ class CheckpointConfig:
     threshold: float = 0.0
     use_ehr: bool = True  # trained with EHR conditioning (False: image-only ablation)
     max_noise_level: int | None = None  # highest noise level stage 2 trained at (None: the whole schedule)
+    masked_branch: bool = True  # stage 2 trained the masked branch (the inversion encoding needs it)
     model_name: str = MODEL_NAME
     model_version: str = ""
     format_version: int = FORMAT_VERSION
@@ -65,6 +66,16 @@ class CheckpointConfig:
             raise ValueError(
                 f"noise level must be within 2..{self.top_noise_level} (the levels this model was trained "
                 f"at), got {level}"
+            )
+
+    def check_encoding(self, encoding: str) -> None:
+        """ValueError unless the model can score with ``encoding`` (one of ``diffusion.ENCODINGS``)."""
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+        if encoding == "inversion" and not self.masked_branch:
+            raise ValueError(
+                "the inversion encoding needs the masked branch, which this model's training left out "
+                "(train --no-stage2-masked-branch): use the noise encoding"
             )
 
     def build_network(self) -> Diff3MNet:
@@ -89,6 +100,7 @@ class CheckpointConfig:
             "threshold": self.threshold,
             "use_ehr": self.use_ehr,
             "max_noise_level": self.max_noise_level,
+            "masked_branch": self.masked_branch,
             "extra": self.extra,
         }
 
@@ -116,6 +128,7 @@ class CheckpointConfig:
                 threshold=float(data.get("threshold", 0.0)),
                 use_ehr=bool(data.get("use_ehr", True)),
                 max_noise_level=None if data.get("max_noise_level") is None else int(data["max_noise_level"]),
+                masked_branch=bool(data.get("masked_branch", True)),
                 model_version=str(data.get("model_version", "")),
                 extra=dict(data.get("extra", {})),
             )
@@ -123,8 +136,6 @@ class CheckpointConfig:
             raise CheckpointError(f"config.json is incomplete or invalid: {err!r}") from err
         if cfg.score_name not in SCORE_NAMES:
             raise CheckpointError(f"unknown score {cfg.score_name!r}; expected one of {SCORE_NAMES}")
-        if cfg.encoding not in ENCODINGS:
-            raise CheckpointError(f"unknown encoding {cfg.encoding!r}; expected one of {ENCODINGS}")
         if cfg.draws < 1:
             raise CheckpointError(f"draws must be at least 1, got {cfg.draws}")
         if not 0.0 <= cfg.ehr_guidance <= MAX_EHR_GUIDANCE:
@@ -134,6 +145,7 @@ class CheckpointConfig:
         if cfg.schedule.timesteps != cfg.profile.timesteps:
             raise CheckpointError("schedule and profile disagree on the number of timesteps")
         try:
+            cfg.check_encoding(cfg.encoding)
             cfg.check_noise_level(cfg.noise_level)
         except ValueError as err:
             raise CheckpointError(str(err)) from err

@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 
 from diff3m.models import checkpoint
-from diff3m.models.diffusion import ENCODINGS, guided, noised_reconstruction, reconstruct
+from diff3m.models.diffusion import guided, noised_reconstruction, reconstruct
 from diff3m.models.normative import ResidualStats
 from diff3m.models.preprocess import Geometry, PreparedImage
 from diff3m.models.schedule import DiffusionSchedule, timestep_grid
@@ -221,8 +221,7 @@ class Diff3MScorer:
         draws = self.config.draws if draws is None else draws
         guidance = self.config.ehr_guidance if ehr_guidance is None else float(ehr_guidance)
         self.config.check_noise_level(level)
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+        self.config.check_encoding(encoding)
         if draws < 1:
             raise ValueError(f"draws must be at least 1, got {draws}")
         if not 0.0 <= guidance <= checkpoint.MAX_EHR_GUIDANCE:

@@ -352,3 +352,66 @@ def test_stage2_max_noise_level_trains_and_scores_below_it(
     assert checkpoint.load_config(whole).max_noise_level is None
     with pytest.raises(ValueError, match="within 2..1000"):
         train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, stage2_max_noise_level=1001, **opts)
+
+
+def test_stage2_without_the_masked_branch_trains_eps_only(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from diff3m.models.inference import Diff3MScorer
+    from diff3m.models.profiles import get_profile
+
+    samples = write_samples(tmp_path / "img", n=4)
+    noise_profile = replace(get_profile("tiny"), name="tiny-noise", encoding="noise", draws=2)
+    opts = {"profile": noise_profile, "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    first = torch.load(stage1 / STATE_FILE, weights_only=False)["net"]
+    eps = train(samples, tmp_path / "eps", steps=5, stage1_from=stage1, stage2_masked_branch=False, **opts)
+    full = train(samples, tmp_path / "full", steps=5, stage1_from=stage1, **opts)
+    state = torch.load(eps / STATE_FILE, weights_only=False)
+    assert state["options"]["stage2_masked_branch"] is False
+    net = state["net"]
+    # the masked branch stays as stage 2 set it up (encoders copied from the main one), the rest trains
+    for key in ("mask_encoder1.0.0.conv.weight", "mask_encoder2.0.0.conv.weight"):
+        assert torch.equal(net[key], first["encoder.0.0.conv.weight"]), key
+    assert torch.equal(net["mask_head.2.conv.weight"], first["mask_head.2.conv.weight"])
+    assert not torch.equal(net["decoder.0.0.conv1.conv.weight"], first["decoder.0.0.conv1.conv.weight"])
+    full_net = torch.load(full / STATE_FILE, weights_only=False)["net"]
+    assert not torch.equal(full_net["mask_head.2.conv.weight"], first["mask_head.2.conv.weight"])
+    network = checkpoint.load(eps).network
+    untrained = [*network.frozen_in_stage2(), *network.masked_branch()]
+    n_trained = sum(1 for _ in network.parameters()) - sum(1 for m in untrained for _ in m.parameters())
+    assert sum(len(g["params"]) for g in state["opt"]["param_groups"]) == n_trained
+    rows = list(csv.DictReader((eps / "train_log.csv").open()))
+    assert {float(r["loss_gen"]) for r in rows} == {0.0} and all(r["loss"] == r["loss_eps"] for r in rows)
+    # the checkpoint records the branch untrained and scores with the noise encoding only
+    cfg = checkpoint.load_config(eps)
+    assert cfg.masked_branch is False and cfg.encoding == "noise"
+    assert checkpoint.load_config(full).masked_branch is True
+    with pytest.raises(ValueError, match="masked branch"):
+        Diff3MScorer.load(eps, "cpu").score_batch([], encoding="inversion")
+    with pytest.raises(checkpoint.CheckpointError, match="masked branch"):
+        checkpoint.update_config(eps, encoding="inversion")
+    # a resumed run keeps its setting; another one is refused
+    train(samples, eps, steps=6, **opts)
+    assert torch.load(eps / STATE_FILE, weights_only=False)["options"]["stage2_masked_branch"] is False
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, eps, steps=7, stage2_masked_branch=True, **opts)
+    # a profile that scores with the published inversion needs the branch
+    with pytest.raises(ValueError, match="inversion encoding"):
+        train(samples, tmp_path / "bad", steps=3, profile="tiny", stage2_masked_branch=False, progress=False)
+
+
+def test_a_stage1_checkpoint_scores_with_the_noise_encoding(tmp_path: Path) -> None:
+    # stage 1 never trains the masked branch, so the published inversion cannot use the checkpoint
+    samples = write_samples(tmp_path / "img", n=4)
+    out = train(
+        samples,
+        tmp_path / "s1",
+        profile="tiny",
+        steps=2,
+        stage1_steps=2,
+        calibration_images=0,
+        progress=False,
+    )
+    cfg = checkpoint.load_config(out)
+    assert cfg.masked_branch is False and cfg.encoding == "noise"

@@ -85,6 +85,10 @@ class Diff3MNet(nn.Module):
         """Parts frozen in stage 2 as published: main encoder, timestep embedding, image-query encoder."""
         return [self.encoder, self.time_embed, self.ieca.query]
 
+    def masked_branch(self) -> list[nn.Module]:
+        """The PCM branch (masked encoders, shared masked middle, decoder and head): only ``gen`` uses it."""
+        return [self.mask_encoder1, self.mask_encoder2, self.mask_middle, self.mask_decoder, self.mask_head]
+
     def ehr_pathway(self) -> list[nn.Module]:
         """What turns the EHR into the conditioning and trains in stage 2: the field tokens."""
         return [self.ieca.tokenizer]

@@ -45,17 +45,27 @@ def test_cpu_recipe_is_what_ships(train_demo: ModuleType) -> None:
 
 def test_command_writes_every_stage2_setting(train_demo: ModuleType) -> None:
     # a run made with other stage-2 settings than today's recipe still repeats as itself
-    whole = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
+    whole = {
+        "stage2_ema_restart": False,
+        "ehr_lr_scale": 1.0,
+        "stage2_max_noise_level": None,
+        "stage2_masked_branch": True,
+    }
     line = train_demo.command("cpu", 4400, 4000, False, whole)
     assert line.endswith(
         "--steps 4400 --stage1-steps 4000 --no-ehr --no-stage2-ema-restart --ehr-lr-scale 1 "
-        "--stage2-max-noise-level 1000"
+        "--stage2-max-noise-level 1000 --stage2-masked-branch"
     )
     args = train_demo.parse_args(line.split()[2:])
     assert train_demo.stage2_options(args, train_demo.RECIPES["cpu"]) == {
         **whole,
         "stage2_max_noise_level": 1000,
     }
+    eps_only = {**whole, "stage2_masked_branch": False}
+    line = train_demo.command("cpu", 4400, 4000, True, eps_only)
+    assert line.endswith("--stage2-max-noise-level 1000 --no-stage2-masked-branch")
+    args = train_demo.parse_args(line.split()[2:])
+    assert train_demo.stage2_options(args, train_demo.RECIPES["cpu"])["stage2_masked_branch"] is False
     # stage 1 alone: no stage-2 settings to repeat
     assert train_demo.command("cpu", 4000, 4000, True, whole).endswith("--stage1-steps 4000")
 
@@ -86,14 +96,29 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
         return train_demo.stage2_options(args, train_demo.RECIPES[args.recipe])
 
     # builtin:demo's recipe: EMA restarted, lr scale 1, below noise level 200
-    recipe = {"stage2_ema_restart": True, "ehr_lr_scale": 1.0, "stage2_max_noise_level": 200}
+    recipe = {
+        "stage2_ema_restart": True,
+        "ehr_lr_scale": 1.0,
+        "stage2_max_noise_level": 200,
+        "stage2_masked_branch": True,
+    }
     assert options() == recipe
     assert options("--resume") == recipe  # nothing to resume: a new run, the recipe's
     # the gpu recipe predates the options: EMA running on, the whole schedule
-    whole = {"stage2_ema_restart": False, "ehr_lr_scale": 1.0, "stage2_max_noise_level": None}
+    whole = {
+        "stage2_ema_restart": False,
+        "ehr_lr_scale": 1.0,
+        "stage2_max_noise_level": None,
+        "stage2_masked_branch": True,
+    }
     assert options("--recipe", "gpu") == whole
     (tmp_path / "train_state.pt").write_bytes(b"")
-    keep = {"stage2_ema_restart": None, "ehr_lr_scale": None, "stage2_max_noise_level": None}
+    keep = {
+        "stage2_ema_restart": None,
+        "ehr_lr_scale": None,
+        "stage2_max_noise_level": None,
+        "stage2_masked_branch": None,
+    }
     assert options("--resume") == keep  # train() keeps its own
     assert options("--resume", "--no-stage2-ema-restart", "--ehr-lr-scale", "10") == {
         **keep,
@@ -102,3 +127,4 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
     }  # given: train() checks them against the stored run
     assert options("--no-stage2-ema-restart") == {**recipe, "stage2_ema_restart": False}
     assert options("--stage2-max-noise-level", "1000") == {**recipe, "stage2_max_noise_level": 1000}
+    assert options("--no-stage2-masked-branch") == {**recipe, "stage2_masked_branch": False}
