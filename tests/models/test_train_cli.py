@@ -30,7 +30,13 @@ def test_stage2_freezes_encoder_and_resume_continues(tmp_path: Path) -> None:
     )
     after_stage1 = torch.load(out / STATE_FILE, weights_only=False)
     assert after_stage1["stage"] == 1 and after_stage1["step"] == 2
+    # stage 1 never trains the masked branch: that checkpoint scores with the noise encoding, not the
+    # published inversion of the tiny profile, which the finished run gets back
+    cfg = checkpoint.load_config(out)
+    assert cfg.masked_branch is False and cfg.encoding == "noise"
     train(samples, tmp_path / "a", profile="tiny", steps=4, calibration_images=0, progress=False)
+    cfg = checkpoint.load_config(out)
+    assert cfg.masked_branch is True and cfg.encoding == "inversion"
     state = torch.load(out / STATE_FILE, weights_only=False)
     assert state["step"] == 4 and state["stage"] == 2
     for key, value in state["net"].items():
@@ -399,19 +405,3 @@ def test_stage2_without_the_masked_branch_trains_eps_only(tmp_path: Path) -> Non
     # a profile that scores with the published inversion needs the branch
     with pytest.raises(ValueError, match="inversion encoding"):
         train(samples, tmp_path / "bad", steps=3, profile="tiny", stage2_masked_branch=False, progress=False)
-
-
-def test_a_stage1_checkpoint_scores_with_the_noise_encoding(tmp_path: Path) -> None:
-    # stage 1 never trains the masked branch, so the published inversion cannot use the checkpoint
-    samples = write_samples(tmp_path / "img", n=4)
-    out = train(
-        samples,
-        tmp_path / "s1",
-        profile="tiny",
-        steps=2,
-        stage1_steps=2,
-        calibration_images=0,
-        progress=False,
-    )
-    cfg = checkpoint.load_config(out)
-    assert cfg.masked_branch is False and cfg.encoding == "noise"
