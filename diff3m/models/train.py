@@ -213,6 +213,8 @@ def train(
         ehr_lr_scale = float(stored["ehr_lr_scale"]) if state and not forked else 1.0
     if stage2_max_noise_level is None:
         stage2_max_noise_level = stored["stage2_max_noise_level"] if state and not forked else None
+    elif stage2_max_noise_level == prof.timesteps:  # the whole schedule, stored as None
+        stage2_max_noise_level = None
     if stage2_masked_branch is None:
         stage2_masked_branch = bool(stored["stage2_masked_branch"]) if state and not forked else True
     if not stage2_masked_branch and prof.encoding == "inversion":
@@ -220,8 +222,6 @@ def train(
             f"profile {prof.name} scores with the inversion encoding, which needs the masked branch: "
             "train it (stage2_masked_branch) or use a profile with the noise encoding"
         )
-    elif stage2_max_noise_level == prof.timesteps:  # the whole schedule, stored as None
-        stage2_max_noise_level = None
     s1 = max(0, min(stage1_steps, steps))
     opts = TrainOptions(
         prof.name,
