@@ -12,7 +12,6 @@ Run: ``.venv/bin/python bench/stage2_step.py [--rounds 3] [--steps 40] [--thread
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 from pathlib import Path
@@ -23,16 +22,9 @@ from diff3m.bench.machine import machine_info
 from diff3m.models import checkpoint
 from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import generate_dataset
-from diff3m.models.train import train
+from diff3m.models.train import LOG_FILE, seconds_per_step, train
 
 VARIANTS = {"published loss (masked branch)": True, "noise loss alone (no masked branch)": False}
-
-
-def seconds_per_step(run: Path, first: int, last: int) -> float:
-    """Mean seconds per step between logged steps ``first`` and ``last`` of a run's train_log.csv."""
-    with (run / "train_log.csv").open(newline="") as f:
-        at = {int(r["step"]): float(r["seconds"]) for r in csv.DictReader(f)}
-    return (at[last] - at[first]) / (last - first)
 
 
 def main() -> None:
@@ -65,7 +57,7 @@ def main() -> None:
                 resume=False,
                 log_every=args.skip,
             )
-            times[name].append(seconds_per_step(run, args.skip, args.steps))
+            times[name].append(seconds_per_step(run / LOG_FILE, args.skip, args.steps))
     base = statistics.median(times[next(iter(VARIANTS))])
     print(machine.heading() + "\n")
     print(

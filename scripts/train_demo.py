@@ -33,7 +33,6 @@ written into the checkpoint by ``train()``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shutil
@@ -49,7 +48,7 @@ from diff3m.models.data import load_dataset
 from diff3m.models.data.phantoms import generate_dataset
 from diff3m.models.inference import pick_device
 from diff3m.models.profiles import DEMO, Profile
-from diff3m.models.train import PREDATING, STATE_FILE, train
+from diff3m.models.train import PREDATING, STATE_FILE, seconds_per_step, train
 
 
 @dataclass(frozen=True)
@@ -145,9 +144,7 @@ def _phantom_record(root: Path) -> dict[str, Any]:
 
 def _seconds_per_step(log: Path, first: int, last: int) -> float:
     """Mean seconds per step between logged steps ``first`` and ``last`` of a train_log.csv."""
-    with log.open(newline="") as f:
-        at = {int(r["step"]): float(r["seconds"]) for r in csv.DictReader(f)}
-    return max(1e-4, (at[last] - at[first]) / (last - first))
+    return max(1e-4, seconds_per_step(log, first, last))
 
 
 def size_by_budget(

@@ -372,6 +372,13 @@ def train(
     return out
 
 
+def seconds_per_step(log: Path, first: int, last: int) -> float:
+    """Mean seconds per step between logged steps ``first`` and ``last`` of a run's train_log.csv."""
+    with log.open(newline="") as f:
+        at = {int(r["step"]): float(r["seconds"]) for r in csv.DictReader(f)}
+    return (at[last] - at[first]) / (last - first)
+
+
 def _train_step(
     net: Diff3MNet,
     schedule: DiffusionSchedule,
