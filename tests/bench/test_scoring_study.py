@@ -1,0 +1,139 @@
+"""``bench/scoring_study.py``: scoring variants of two checkpoints (an EHR ablation), picked on validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from diff3m.cli import app
+from diff3m.models.data import load_dataset
+from diff3m.models.data.phantoms import generate_dataset
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scoring_study.py"
+
+
+@pytest.fixture(scope="module")
+def arms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Tiny phantoms with a validation split, and a tiny EHR arm and image-only arm trained on them."""
+    from diff3m.models.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("scoring_study")
+    data = root / "phantoms"
+    generate_dataset(data, 16, 12, size=32, seed=5, fractions=(0.5, 0.25, 0.25), progress=False)
+    samples = load_dataset(data, "mimic")
+    ckpts = [
+        train(
+            samples,
+            root / name,
+            profile="tiny",
+            steps=4,
+            use_ehr=ehr,
+            seed=0,
+            calibration_images=2,
+            progress=False,
+        )
+        for name, ehr in (("ehr", True), ("noehr", False))
+    ]
+    for ckpt in ckpts:  # the scorer's recipe: noise encoding, normalised peak
+        res = CliRunner().invoke(
+            app,
+            [
+                "calibrate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--encoding",
+                "noise",
+                "--draws",
+                "2",
+                "--score",
+                "normalized_max",
+                "--device",
+                "cpu",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    return data, ckpts[0], ckpts[1]
+
+
+def test_both_arms_every_variant_the_picks_and_their_cases(
+    arms: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, ehr, noehr = arms
+    out, cases = tmp_path / "study.json", tmp_path / "cases"
+    args = [
+        "--checkpoint",
+        ehr,
+        "--cache",
+        tmp_path / "ehr",
+        "--baseline",
+        noehr,
+        "--baseline-cache",
+        tmp_path / "noehr",
+        "--data",
+        data,
+        "--levels",
+        "50,100",
+        "--cases",
+        cases,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert len(rows) == 3 * 4 * 4  # level combinations x sigmas x aggregations
+    for r in rows:
+        for split in ("validate", "test"):
+            assert r["gain"][split] == pytest.approx(r[split]["auroc"] - r["baseline"][split]["auroc"])
+    assert result["validation_pick"]["validate"]["auroc"] == max(r["validate"]["auroc"] for r in rows)
+    assert result["gain_pick"]["gain"]["validate"] == max(r["gain"]["validate"] for r in rows)
+    # the picks' per-image test scores, in evaluate's form, give back the rows' AUROCs
+    test = [s for s in load_dataset(data, "mimic") if s.split == "test"]
+    for pick in ("validation_pick", "gain_pick", "shipped"):
+        for arm, key in (("a", "baseline"), ("b", None)):
+            report = json.loads((cases / f"{pick}-{arm}.json").read_text())
+            assert sorted(c["study_id"] for c in report["cases"]) == sorted(s.study_id for s in test)
+            auc = roc_auc_score(
+                [not c["normal"] for c in report["cases"]], [c["score"] for c in report["cases"]]
+            )
+            row = result[pick][key] if key else result[pick]
+            assert auc == pytest.approx(row["test"]["auroc"])
+    # the checkpoint's own recipe is what diff3m evaluate scores, image for image
+    shipped = result["shipped"]
+    assert (shipped["levels"], shipped["aggregation"]) == ([100], "max")  # the tiny profile's noise level
+    ev = tmp_path / "eval.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ehr),
+            "--data",
+            str(data),
+            "--out",
+            str(ev),
+            "--no-plots",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    evaluated = {c["study_id"]: c["score"] for c in json.loads(ev.read_text())["cases"]}
+    studied = {c["study_id"]: c["score"] for c in json.loads((cases / "shipped-b.json").read_text())["cases"]}
+    assert studied == pytest.approx(evaluated, rel=1e-5)
