@@ -31,7 +31,7 @@ import datetime as dt
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from diff3m.models.calibrate import STATS_IMAGES, readable
 from diff3m.models.data import CxrSample, load_dataset
-from diff3m.models.evaluate import binary_metrics, per_finding_auroc
+from diff3m.models.evaluate import binary_metrics, cases, per_finding_auroc
 from diff3m.models.inference import Diff3MScorer, smooth_map
 from diff3m.models.normative import ResidualStats
 from diff3m.models.train import training_samples
@@ -150,10 +150,7 @@ def cases_report(
         "checkpoint": ckpt,
         "variant": {k: row[k] for k in ("levels", "sigma", "aggregation")},
         "auroc": binary_metrics([0 if s.normal else 1 for s in samples], scores.tolist()).auroc,
-        "cases": [
-            {"study_id": s.study_id, "score": float(v), "normal": s.normal, "findings": list(s.findings)}
-            for s, v in zip(samples, scores, strict=True)
-        ],
+        "cases": cases(samples, scores.tolist()),
     }
 
 
@@ -187,6 +184,21 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             scores.append((split_scores["test"], base_scores["test"]))
         rows.append(row)
     recipe = ([scorer.config.noise_level], scorer.sigma, "max")
+
+    def best(value: Callable[[dict[str, Any]], float]) -> int:
+        """The index of the row with the highest ``value`` (ties: fewer levels, less smoothing)."""
+        return max(
+            range(len(rows)), key=lambda i: (value(rows[i]), -len(rows[i]["levels"]), -rows[i]["sigma"])
+        )
+
+    picks = {
+        "shipped": next(
+            i for i, r in enumerate(rows) if (r["levels"], r["sigma"], r["aggregation"]) == recipe
+        ),
+        "validation_pick": best(lambda r: r["validate"]["auroc"]),
+    }
+    if args.baseline:
+        picks["gain_pick"] = best(lambda r: r["gain"]["validate"])
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "checkpoint": scorer.version,
@@ -196,27 +208,19 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         "draws": scorer.config.draws,
         "n": {name: {"normal": labels[name].count(0), "abnormal": labels[name].count(1)} for name in SPLITS}
         | {"stats": len(sets["stats"])},
-        "shipped": next(r for r in rows if (r["levels"], r["sigma"], r["aggregation"]) == recipe),
-        "validation_pick": max(rows, key=lambda r: (r["validate"]["auroc"], -len(r["levels"]), -r["sigma"])),
+        **{pick: rows[i] for pick, i in picks.items()},
         "rows": rows,
     }
-    if args.baseline:
-        gain_pick = max(
-            range(len(rows)),
-            key=lambda i: (rows[i]["gain"]["validate"], -len(rows[i]["levels"]), -rows[i]["sigma"]),
-        )
-        result["gain_pick"] = rows[gain_pick]
-        if args.cases:
-            out = Path(args.cases)
-            out.mkdir(parents=True, exist_ok=True)
-            for pick in ("validation_pick", "gain_pick", "shipped"):
-                i = rows.index(result[pick])
-                for arm, ckpt, arm_scores in (
-                    ("a", args.baseline, scores[i][1]),
-                    ("b", args.checkpoint, scores[i][0]),
-                ):
-                    report = cases_report(sets["test"], arm_scores, ckpt, rows[i])
-                    (out / f"{pick}-{arm}.json").write_text(json.dumps(report) + "\n")
+    if args.baseline and args.cases:
+        out = Path(args.cases)
+        out.mkdir(parents=True, exist_ok=True)
+        for pick, i in picks.items():
+            for arm, ckpt, arm_scores in (
+                ("a", args.baseline, scores[i][1]),
+                ("b", args.checkpoint, scores[i][0]),
+            ):
+                report = cases_report(sets["test"], arm_scores, ckpt, rows[i])
+                (out / f"{pick}-{arm}.json").write_text(json.dumps(report) + "\n")
     return result
 
 

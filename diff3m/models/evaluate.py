@@ -81,6 +81,14 @@ def _thumb(arr: np.ndarray, size: int = THUMB) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="area")[0, 0].numpy()
 
 
+def cases(samples: Sequence[CxrSample], scores: Sequence[float]) -> list[dict[str, Any]]:
+    """Each image's score with its id and labels: the report's per-image part (bench/paired_auroc.py)."""
+    return [
+        {"study_id": s.study_id, "score": float(v), "normal": s.normal, "findings": list(s.findings)}
+        for s, v in zip(samples, scores, strict=True)
+    ]
+
+
 def choose_split(samples: Sequence[CxrSample], split: str | None) -> list[CxrSample]:
     """``split`` if given; otherwise the test split when there is one, else everything."""
     wanted = normalise_split(split)
@@ -217,10 +225,7 @@ def evaluate(
             "splits_scored": sorted({s.split for s in kept}),
         },
         # per image, for paired comparisons of two models on the same images (bench/paired_auroc.py)
-        "cases": [
-            {"study_id": s.study_id, "score": float(v), "normal": s.normal, "findings": list(s.findings)}
-            for s, v in zip(kept, scores, strict=True)
-        ],
+        "cases": cases(kept, scores),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
