@@ -2,10 +2,13 @@
 
 The network and its sampling are fixed (a checkpoint: the shipped ``builtin:demo`` unless told); what
 varies is what happens to the residual maps |x - x_hat| afterwards: the Gaussian smoothing (sigma,
-model-grid pixels), the noise levels whose normalised maps are averaged, and the aggregation (the peak, or
-the mean of the k highest pixels). Residual statistics come from the first 200 training normals (as
-``diff3m calibrate``); every variant is ranked by its AUROC on the validation split and only then scored on
-the test split, so the test numbers are not tuned on.
+model-grid pixels), the noise levels read, the aggregation (the peak, or the mean of the k highest pixels),
+and how several levels are fused: by averaging their normalised maps (``map_mean``), or by scoring each
+level's map on its own, putting each level's score in units of its spread over the statistics images, and
+taking the highest (``score_max``: one level can flag what another misses, a small nodule at a low level, a
+heart too large for the patient at a higher one). Residual statistics come from the first 200 training
+normals (as ``diff3m calibrate``); every variant is ranked by its AUROC on the validation split and only
+then scored on the test split, so the test numbers are not tuned on.
 
 With ``--baseline`` a second checkpoint (the image-only arm of an EHR ablation) is read through every
 variant too, and each row carries the EHR gain (this checkpoint's AUROC minus the baseline's). Two picks,
@@ -49,6 +52,7 @@ CACHE = Path("var/scoring-study")
 OUT = Path("bench/results/scoring/study.json")
 SIGMAS = (1.0, 1.5, 2.0, 3.0)
 AGGREGATIONS = ("max", "top4", "top16", "top64")
+FUSIONS = ("map_mean", "score_max")  # how the levels of a multi-level variant are fused
 SPLITS = ("validate", "test")
 Sets = dict[str, list[CxrSample]]
 Maps = dict[tuple[str, int], np.ndarray]
@@ -108,29 +112,56 @@ def arm_maps(ckpt: str, sets: Sets, levels: list[int], cache: Path, device: str)
     }
 
 
+def standardised(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Image scores in units of their spread over reference (normal) images: (s - mean) / std."""
+    return (scores - reference.mean()) / max(float(reference.std()), 1e-12)
+
+
 def variants(
     raw: Maps, levels: list[int]
-) -> Iterator[tuple[tuple[int, ...], float, str, dict[str, np.ndarray]]]:
-    """(levels, sigma, aggregation, image scores of each split) of every variant, in a fixed order."""
+) -> Iterator[tuple[tuple[int, ...], float, str, str, dict[str, np.ndarray]]]:
+    """(levels, sigma, aggregation, fusion, image scores of each split) of every variant, in a fixed order.
+
+    A single level has one fusion (``map_mean``); a combination of levels has each of ``FUSIONS``.
+    """
     combos = [c for r in range(1, len(levels) + 1) for c in itertools.combinations(levels, r)]
+    names = ("stats", *SPLITS)
     for sigma in SIGMAS:
         smoothed = {key: smooth(maps, sigma) for key, maps in raw.items()}
         stats = {lv: ResidualStats.fit(smoothed[("stats", lv)]) for lv in levels}
         zmaps = {
             (name, lv): np.stack([stats[lv].z(m) for m in smoothed[(name, lv)]])
-            for name in SPLITS
+            for name in names
             for lv in levels
         }
-        for combo, how in itertools.product(combos, AGGREGATIONS):
-            yield (
-                combo,
-                sigma,
-                how,
-                {
-                    name: aggregate(np.mean([zmaps[(name, lv)] for lv in combo], axis=0), how)
-                    for name in SPLITS
-                },
-            )
+        for how in AGGREGATIONS:
+            # each level's own image scores, in units of their spread over the statistics images
+            level_z = {
+                (name, lv): standardised(
+                    aggregate(zmaps[(name, lv)], how), aggregate(zmaps[("stats", lv)], how)
+                )
+                for name in SPLITS
+                for lv in levels
+            }
+            for combo in combos:
+                yield (
+                    combo,
+                    sigma,
+                    how,
+                    "map_mean",
+                    {
+                        name: aggregate(np.mean([zmaps[(name, lv)] for lv in combo], axis=0), how)
+                        for name in SPLITS
+                    },
+                )
+                if len(combo) > 1:
+                    yield (
+                        combo,
+                        sigma,
+                        how,
+                        "score_max",
+                        {name: np.max([level_z[(name, lv)] for lv in combo], axis=0) for name in SPLITS},
+                    )
 
 
 def metrics(labels: dict[str, list[int]], scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -148,7 +179,7 @@ def cases_report(
     """One checkpoint's test scores under one variant, in ``diff3m evaluate``'s per-image form."""
     return {
         "checkpoint": ckpt,
-        "variant": {k: row[k] for k in ("levels", "sigma", "aggregation")},
+        "variant": {k: row[k] for k in ("levels", "sigma", "aggregation", "fusion")},
         "auroc": binary_metrics([0 if s.normal else 1 for s in samples], scores.tolist()).auroc,
         "cases": cases(samples, scores.tolist()),
     }
@@ -168,11 +199,12 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     labels = {name: [0 if s.normal else 1 for s in sets[name]] for name in SPLITS}
     rows, scores = [], []
     base_variants = variants(base_raw, levels) if base_raw else None
-    for combo, sigma, how, split_scores in variants(raw, levels):
+    for combo, sigma, how, fusion, split_scores in variants(raw, levels):
         row: dict[str, Any] = {
             "levels": list(combo),
             "sigma": sigma,
             "aggregation": how,
+            "fusion": fusion,
             **metrics(labels, split_scores),
         }
         row["test_per_finding"] = per_finding_auroc(sets["test"], split_scores["test"].tolist())
@@ -183,7 +215,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             row["gain"] = {name: row[name]["auroc"] - row["baseline"][name]["auroc"] for name in SPLITS}
             scores.append((split_scores["test"], base_scores["test"]))
         rows.append(row)
-    recipe = ([scorer.config.noise_level], scorer.sigma, "max")
+    recipe = ([scorer.config.noise_level], scorer.sigma, "max", "map_mean")
 
     def best(value: Callable[[dict[str, Any]], float]) -> int:
         """The index of the row with the highest ``value`` (ties: fewer levels, less smoothing)."""
@@ -193,7 +225,9 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
 
     picks = {
         "shipped": next(
-            i for i, r in enumerate(rows) if (r["levels"], r["sigma"], r["aggregation"]) == recipe
+            i
+            for i, r in enumerate(rows)
+            if (r["levels"], r["sigma"], r["aggregation"], r["fusion"]) == recipe
         ),
         "validation_pick": best(lambda r: r["validate"]["auroc"]),
     }
@@ -231,8 +265,9 @@ def report(result: dict[str, Any], machine: str) -> str:
     def line(r: dict[str, Any], note: str = "") -> str:
         per = r["test_per_finding"]
         finding = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in sorted(per.items()))
+        fused = " (score max)" if r.get("fusion") == "score_max" else ""
         cells = [
-            f"{'+'.join(f'L{lv}' for lv in r['levels'])}",
+            f"{'+'.join(f'L{lv}' for lv in r['levels'])}{fused}",
             f"{r['sigma']:g}",
             r["aggregation"],
             f"{r['validate']['auroc']:.3f}",

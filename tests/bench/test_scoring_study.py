@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -96,7 +99,9 @@ def test_both_arms_every_variant_the_picks_and_their_cases(
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert len(rows) == 3 * 4 * 4  # level combinations x sigmas x aggregations
+    # level combinations x sigmas x aggregations, and the two-level combination fused the second way
+    assert len(rows) == (3 + 1) * 4 * 4
+    assert sum(r["fusion"] == "score_max" for r in rows) == 4 * 4
     for r in rows:
         for split in ("validate", "test"):
             assert r["gain"][split] == pytest.approx(r[split]["auroc"] - r["baseline"][split]["auroc"])
@@ -137,3 +142,40 @@ def test_both_arms_every_variant_the_picks_and_their_cases(
     evaluated = {c["study_id"]: c["score"] for c in json.loads(ev.read_text())["cases"]}
     studied = {c["study_id"]: c["score"] for c in json.loads((cases / "shipped-b.json").read_text())["cases"]}
     assert studied == pytest.approx(evaluated, rel=1e-5)
+
+
+def _study_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("scoring_study", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_max_fuses_levels_that_each_see_one_finding() -> None:
+    """A spot only level 50 shows and a spot only level 100 shows: each level alone misses one, the fusion
+    of their standardised scores ranks both above every normal, whatever each level's residual scale."""
+    study = _study_module()
+    rng = np.random.default_rng(3)
+    size, scale = 16, {50: 0.01, 100: 0.1}  # the higher level leaves ten times larger residuals
+
+    def maps(n: int, level: int, spot_at: int | None) -> np.ndarray:
+        m = np.abs(rng.normal(0, scale[level], (n, size, size)))
+        if spot_at == level:
+            m[:, 5:8, 5:8] += 8 * scale[level]
+        return m
+
+    raw = {}
+    for lv in (50, 100):
+        raw[("stats", lv)] = maps(60, lv, None)
+        for split in ("validate", "test"):
+            raw[(split, lv)] = np.concatenate([maps(30, lv, None), maps(10, lv, 50), maps(10, lv, 100)])
+    labels = [0] * 30 + [1] * 20
+    rows = {(v[0], v[1], v[2], v[3]): v[4] for v in study.variants(raw, [50, 100])}
+    assert len(rows) == 4 * 4 * 4  # sigmas x aggregations x (L50, L100, L50+L100 fused either way)
+    assert sum(key[3] == "score_max" for key in rows) == 4 * 4
+    for sigma in study.SIGMAS:
+        key = (sigma, "max")
+        for lv in (50, 100):
+            assert roc_auc_score(labels, rows[((lv,), *key, "map_mean")]["test"]) < 0.9
+        assert roc_auc_score(labels, rows[((50, 100), *key, "score_max")]["test"]) == 1.0
