@@ -13,8 +13,10 @@ then scored on the test split, so the test numbers are not tuned on.
 With ``--baseline`` a second checkpoint (the image-only arm of an EHR ablation) is read through every
 variant too, and each row carries the EHR gain (this checkpoint's AUROC minus the baseline's). Two picks,
 both made on validation: the variant where this checkpoint scores best (what a user would ship), and the
-variant with the largest validation gain. ``--cases DIR`` writes each pick's per-image test scores of both
-checkpoints as evaluate-style reports, for ``bench/paired_auroc.py``.
+variant with the largest validation gain. When some variants fuse levels by ``score_max``, a further pick:
+the one of them where this checkpoint scores best on validation. ``--cases DIR`` writes each pick's per-image
+test scores (``PICK-b.json``; with ``--baseline`` also the baseline's, ``PICK-a.json``) as evaluate-style
+reports, for ``bench/paired_auroc.py``.
 
 Usage:
 
@@ -197,7 +199,8 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         )
         base_raw = arm_maps(args.baseline, sets, levels, base_cache, args.device)[1]
     labels = {name: [0 if s.normal else 1 for s in sets[name]] for name in SPLITS}
-    rows, scores = [], []
+    rows: list[dict[str, Any]] = []
+    scores: list[tuple[np.ndarray, np.ndarray | None]] = []  # each row's test scores: (this, baseline)
     base_variants = variants(base_raw, levels) if base_raw else None
     for combo, sigma, how, fusion, split_scores in variants(raw, levels):
         row: dict[str, Any] = {
@@ -208,12 +211,14 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             **metrics(labels, split_scores),
         }
         row["test_per_finding"] = per_finding_auroc(sets["test"], split_scores["test"].tolist())
+        base_test = None
         if base_variants is not None:
             *_, base_scores = next(base_variants)
             row["baseline"] = metrics(labels, base_scores)
             row["baseline_test_per_finding"] = per_finding_auroc(sets["test"], base_scores["test"].tolist())
             row["gain"] = {name: row[name]["auroc"] - row["baseline"][name]["auroc"] for name in SPLITS}
-            scores.append((split_scores["test"], base_scores["test"]))
+            base_test = base_scores["test"]
+        scores.append((split_scores["test"], base_test))
         rows.append(row)
     recipe = ([scorer.config.noise_level], scorer.sigma, "max", "map_mean")
 
@@ -233,6 +238,10 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.baseline:
         picks["gain_pick"] = best(lambda r: r["gain"]["validate"])
+    if any(r["fusion"] == "score_max" for r in rows):
+        picks["score_max_pick"] = best(
+            lambda r: r["validate"]["auroc"] if r["fusion"] == "score_max" else -1.0
+        )
     result: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "checkpoint": scorer.version,
@@ -245,7 +254,7 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
         **{pick: rows[i] for pick, i in picks.items()},
         "rows": rows,
     }
-    if args.baseline and args.cases:
+    if args.cases:
         out = Path(args.cases)
         out.mkdir(parents=True, exist_ok=True)
         for pick, i in picks.items():
@@ -253,6 +262,8 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
                 ("a", args.baseline, scores[i][1]),
                 ("b", args.checkpoint, scores[i][0]),
             ):
+                if ckpt is None or arm_scores is None:
+                    continue
                 report = cases_report(sets["test"], arm_scores, ckpt, rows[i])
                 (out / f"{pick}-{arm}.json").write_text(json.dumps(report) + "\n")
     return result
@@ -283,7 +294,8 @@ def report(result: dict[str, Any], machine: str) -> str:
             ]
         return "| " + " | ".join([*cells, finding, note]) + " |"
 
-    named = [result["shipped"], result["validation_pick"], *([result["gain_pick"]] if gains else [])]
+    fused = [result["score_max_pick"]] if "score_max_pick" in result else []
+    named = [result["shipped"], result["validation_pick"], *([result["gain_pick"]] if gains else []), *fused]
     top = [r for r in sorted(result["rows"], key=lambda r: -r["validate"]["auroc"]) if r not in named][:6]
     n = result["n"]
     head = "| noise levels | sigma | aggregation | val AUROC | test AUROC | test AP | test sens@95spec "
@@ -296,10 +308,11 @@ def report(result: dict[str, Any], machine: str) -> str:
         f"({n['validate']['normal']} + {n['validate']['abnormal']}), reported on test "
         f"({n['test']['normal']} + {n['test']['abnormal']}). `bench/scoring_study.py`.\n",
         head + "| test per finding | |",
-        "|---" * (head.count("|") + 1) + "|",
+        "|---" * (head.count("|") + 2) + "|",
         line(result["shipped"], "checkpoint's recipe"),
         line(result["validation_pick"], "validation pick"),
         *([line(result["gain_pick"], "largest validation gain")] if gains else []),
+        *(line(r, "best score max on validation") for r in fused),
         *(line(r) for r in top),
     ]
     return "\n".join(out) + "\n"

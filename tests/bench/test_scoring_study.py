@@ -107,9 +107,12 @@ def test_both_arms_every_variant_the_picks_and_their_cases(
             assert r["gain"][split] == pytest.approx(r[split]["auroc"] - r["baseline"][split]["auroc"])
     assert result["validation_pick"]["validate"]["auroc"] == max(r["validate"]["auroc"] for r in rows)
     assert result["gain_pick"]["gain"]["validate"] == max(r["gain"]["validate"] for r in rows)
+    fused = [r for r in rows if r["fusion"] == "score_max"]
+    assert result["score_max_pick"]["fusion"] == "score_max"
+    assert result["score_max_pick"]["validate"]["auroc"] == max(r["validate"]["auroc"] for r in fused)
     # the picks' per-image test scores, in evaluate's form, give back the rows' AUROCs
     test = [s for s in load_dataset(data, "mimic") if s.split == "test"]
-    for pick in ("validation_pick", "gain_pick", "shipped"):
+    for pick in ("validation_pick", "gain_pick", "score_max_pick", "shipped"):
         for arm, key in (("a", "baseline"), ("b", None)):
             report = json.loads((cases / f"{pick}-{arm}.json").read_text())
             assert sorted(c["study_id"] for c in report["cases"]) == sorted(s.study_id for s in test)
@@ -118,6 +121,22 @@ def test_both_arms_every_variant_the_picks_and_their_cases(
             )
             row = result[pick][key] if key else result[pick]
             assert auc == pytest.approx(row["test"]["auroc"])
+    # without a baseline (the maps cached): only this checkpoint's per-image scores, as with one
+    alone = tmp_path / "alone"
+    solo = [*args[:4], *args[8:]]  # --checkpoint, --cache, --data ... --out
+    solo[solo.index(cases)], solo[solo.index(out)] = alone, tmp_path / "alone.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, solo)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in alone.iterdir()) == [
+        "score_max_pick-b.json",
+        "shipped-b.json",
+        "validation_pick-b.json",
+    ]
+    assert json.loads((alone / "shipped-b.json").read_text()) == json.loads(
+        (cases / "shipped-b.json").read_text()
+    )
     # the checkpoint's own recipe is what diff3m evaluate scores, image for image
     shipped = result["shipped"]
     assert (shipped["levels"], shipped["aggregation"]) == ([100], "max")  # the tiny profile's noise level
