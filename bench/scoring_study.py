@@ -54,7 +54,6 @@ CACHE = Path("var/scoring-study")
 OUT = Path("bench/results/scoring/study.json")
 SIGMAS = (1.0, 1.5, 2.0, 3.0)
 AGGREGATIONS = ("max", "top4", "top16", "top64")
-FUSIONS = ("map_mean", "score_max")  # how the levels of a multi-level variant are fused
 SPLITS = ("validate", "test")
 Sets = dict[str, list[CxrSample]]
 Maps = dict[tuple[str, int], np.ndarray]
@@ -124,7 +123,8 @@ def variants(
 ) -> Iterator[tuple[tuple[int, ...], float, str, str, dict[str, np.ndarray]]]:
     """(levels, sigma, aggregation, fusion, image scores of each split) of every variant, in a fixed order.
 
-    A single level has one fusion (``map_mean``); a combination of levels has each of ``FUSIONS``.
+    A single level has one fusion (``map_mean``); a combination of levels has both, ``map_mean`` and
+    ``score_max``.
     """
     combos = [c for r in range(1, len(levels) + 1) for c in itertools.combinations(levels, r)]
     names = ("stats", *SPLITS)
