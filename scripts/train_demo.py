@@ -66,6 +66,7 @@ class Recipe:
     stage2_ema_restart: bool = bool(PREDATING["stage2_ema_restart"])
     stage2_max_noise_level: int | None = PREDATING["stage2_max_noise_level"]
     stage2_masked_branch: bool = bool(PREDATING["stage2_masked_branch"])
+    stage2_draw: str | None = PREDATING["stage2_draw"]  # timestep bands (None: uniform below the max)
 
 
 DEMO_CPU = Profile(
@@ -193,12 +194,14 @@ def stage2_options(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
         "stage2_ema_restart": recipe.stage2_ema_restart,
         "stage2_max_noise_level": recipe.stage2_max_noise_level,
         "stage2_masked_branch": recipe.stage2_masked_branch,
+        "stage2_draw": recipe.stage2_draw,
     }
     given = {
         "stage2_ema_restart": args.stage2_ema_restart,
         "ehr_lr_scale": args.ehr_lr_scale,
         "stage2_max_noise_level": args.stage2_max_noise_level,
         "stage2_masked_branch": args.stage2_masked_branch,
+        "stage2_draw": args.stage2_draw,
     }
     return {
         name: value if value is not None or keep else recipe_values[name] for name, value in given.items()
@@ -217,6 +220,7 @@ def command(recipe: str, steps: int, stage1: int, use_ehr: bool, options: dict[s
         line += " --stage2-ema-restart" if options["stage2_ema_restart"] else " --no-stage2-ema-restart"
         line += f" --ehr-lr-scale {float(options['ehr_lr_scale']):g} --stage2-max-noise-level {top}"
         line += " --stage2-masked-branch" if options["stage2_masked_branch"] else " --no-stage2-masked-branch"
+        line += f" --stage2-draw {options['stage2_draw']}" if options.get("stage2_draw") else ""
     return line
 
 
@@ -259,6 +263,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         help="stage 2 trains the masked branch, as published (default: the recipe's, on in both; --no-...: "
         "the noise loss alone, about 3x faster per step, noise encoding only; --resume keeps the run's own)",
+    )
+    parser.add_argument(
+        "--stage2-draw",
+        help="stage 2 draws its timesteps from these weighted bands, e.g. 0.5@49,0.5@100-199 "
+        "(diff3m.models.timestep_draw; default: uniform below the max level; --resume keeps the run's own)",
     )
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
@@ -315,6 +324,7 @@ def main() -> None:
         "ehr_lr_scale": scale,
         "stage2_max_noise_level": top,
         "stage2_masked_branch": masked,
+        "stage2_draw": options["stage2_draw"],
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": training.get("seconds"),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}, "

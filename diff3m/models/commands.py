@@ -68,6 +68,15 @@ def train_command(
             "(default: on, as published; a resumed run keeps its own setting)",
         ),
     ] = None,
+    stage2_draw: Annotated[
+        str | None,
+        typer.Option(
+            "--stage2-draw",
+            help="stage 2 draws its timesteps from weighted bands, WEIGHT@FIRST[-LAST],... (e.g. "
+            "0.5@49,0.5@100-199: half at the timestep L 50 reads, half from 100 to 199; default: uniform "
+            "below the max level, as published; a resumed run keeps its own)",
+        ),
+    ] = None,
     stage1_from: Annotated[
         Path | None,
         typer.Option(
@@ -98,6 +107,7 @@ def train_command(
             ehr_lr_scale=ehr_lr_scale,
             stage2_max_noise_level=stage2_max_noise_level,
             stage2_masked_branch=stage2_masked_branch,
+            stage2_draw=stage2_draw,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

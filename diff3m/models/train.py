@@ -26,6 +26,7 @@ from diff3m.models.network import Diff3MNet
 from diff3m.models.preprocess import PreprocessError, load_image
 from diff3m.models.profiles import Profile, get_profile
 from diff3m.models.schedule import DiffusionSchedule, ScheduleConfig
+from diff3m.models.timestep_draw import TimestepDraw, check_draw, format_draw, parse_draw, sample_timesteps
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -49,6 +50,7 @@ class TrainOptions:
     ehr_lr_scale: float  # stage 2: the EHR pathway's learning rate as a multiple of ``lr``
     stage2_max_noise_level: int | None  # stage 2 trains at timesteps below this (None: the whole schedule)
     stage2_masked_branch: bool  # stage 2 trains the masked branch with the published loss (False: eps only)
+    stage2_draw: str | None  # stage 2's timestep bands (timestep_draw; None: uniform below the max level)
 
 
 # what the arms forked from one shared stage 1 (``train(stage1_from=...)``) may differ in
@@ -58,6 +60,7 @@ STAGE2_OPTIONS = (
     "ehr_lr_scale",
     "stage2_max_noise_level",
     "stage2_masked_branch",
+    "stage2_draw",
 )
 # options added after states were first written, with what a state that predates one was trained with
 PREDATING: dict[str, Any] = {
@@ -65,6 +68,7 @@ PREDATING: dict[str, Any] = {
     "ehr_lr_scale": 1.0,
     "stage2_max_noise_level": None,
     "stage2_masked_branch": True,
+    "stage2_draw": None,
 }
 
 
@@ -148,6 +152,7 @@ def train(
     ehr_lr_scale: float | None = None,
     stage2_max_noise_level: int | None = None,
     stage2_masked_branch: bool | None = None,
+    stage2_draw: str | None = None,
 ) -> Path:
     """Train on the normal studies of ``samples`` and write a checkpoint directory to ``out_dir``.
 
@@ -179,6 +184,11 @@ def train(
     Only the published ``inversion`` encoding uses that branch, so the checkpoint records it untrained and
     scores with the ``noise`` encoding only (the profile's must be ``noise``). ``None``: a resumed run keeps
     its own setting; a new run or a forked arm trains the branch, as published.
+
+    ``stage2_draw`` (``timestep_draw``, e.g. ``"0.5@49,0.5@100-199"``): stage 2 draws its timesteps from
+    these weighted bands instead of uniformly; they must lie below ``stage2_max_noise_level`` when that is
+    set, and the checkpoint records the top band's end + 1 as its highest level otherwise. ``None``: a
+    resumed run keeps its own setting; a new run or a forked arm draws uniformly.
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if steps < 1:
@@ -217,6 +227,12 @@ def train(
         stage2_max_noise_level = None
     if stage2_masked_branch is None:
         stage2_masked_branch = bool(stored["stage2_masked_branch"]) if state and not forked else True
+    if stage2_draw is None:
+        stage2_draw = stored["stage2_draw"] if state and not forked else None
+    draw = None
+    if stage2_draw is not None:
+        draw = check_draw(parse_draw(stage2_draw), stage2_max_noise_level or prof.timesteps)
+        stage2_draw = format_draw(draw)
     if not stage2_masked_branch and prof.encoding == "inversion":
         raise ValueError(
             f"profile {prof.name} scores with the inversion encoding, which needs the masked branch: "
@@ -237,6 +253,7 @@ def train(
         ehr_lr_scale,
         stage2_max_noise_level,
         stage2_masked_branch,
+        stage2_draw,
     )
     if state:
         expected = {**asdict(opts), "steps": stored["steps"]}
@@ -302,7 +319,7 @@ def train(
                 ema.init_masked_branch()
                 _freeze_for_stage2(net, opts)
                 opt = _optimizer(net, stage, opts, dev)
-            losses = _train_step(net, schedule, data, opts, stage, rng, dev, autocast)
+            losses = _train_step(net, schedule, data, opts, draw, stage, rng, dev, autocast)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
@@ -332,7 +349,8 @@ def train(
         log_file.close()
     _save_state(state_path, net, ema, opt, rng, step, stage, opts, encoder)
 
-    trained_max = opts.stage2_max_noise_level if steps > s1 else None  # stage 1 trains every timestep
+    top = opts.stage2_max_noise_level or (draw[-1].last + 1 if draw else None)
+    trained_max = top if steps > s1 else None  # stage 1 trains every timestep
     masked_branch = steps > s1 and opts.stage2_masked_branch
     encoding = prof.encoding if masked_branch else "noise"  # a stage-1 run of an inversion profile, too
     config = checkpoint.CheckpointConfig(
@@ -384,6 +402,7 @@ def _train_step(
     schedule: DiffusionSchedule,
     data: TrainingData,
     opts: TrainOptions,
+    draw: TimestepDraw | None,
     stage: int,
     rng: torch.Generator,
     dev: torch.device,
@@ -392,8 +411,13 @@ def _train_step(
     n = data.images.shape[0]
     idx = torch.randint(n, (opts.batch_size,), generator=rng).to(data.images.device)
     x0 = data.images[idx].to(dev, torch.float32)
-    top = opts.stage2_max_noise_level if stage == 2 and opts.stage2_max_noise_level else schedule.timesteps
-    t = torch.randint(top, (opts.batch_size,), generator=rng).to(dev)
+    if stage == 2 and draw:
+        t = sample_timesteps(draw, opts.batch_size, rng).to(dev)
+    else:
+        top = schedule.timesteps
+        if stage == 2 and opts.stage2_max_noise_level:
+            top = opts.stage2_max_noise_level
+        t = torch.randint(top, (opts.batch_size,), generator=rng).to(dev)
     noise = torch.randn(x0.shape, generator=rng).to(dev)
     x_t = schedule.q_sample(x0, t, noise)
     zero = torch.zeros((), device=dev)

@@ -360,6 +360,56 @@ def test_stage2_max_noise_level_trains_and_scores_below_it(
         train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, stage2_max_noise_level=1001, **opts)
 
 
+def test_stage2_draw_trains_in_its_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diff3m.models.schedule import DiffusionSchedule
+
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    drawn: list[int] = []
+    q_sample = DiffusionSchedule.q_sample
+
+    def spy(self: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        drawn.extend(t.tolist())
+        return q_sample(self, x0, t, noise)
+
+    monkeypatch.setattr(DiffusionSchedule, "q_sample", spy)
+    banded = train(
+        samples, tmp_path / "banded", steps=40, stage1_from=stage1, stage2_draw="1@10-12,1@3", **opts
+    )
+    monkeypatch.undo()
+    assert set(drawn[:76]) <= {3, 10, 11, 12} and {3, 10} <= set(drawn[:76])  # 38 stage-2 steps of batch 2
+    stored = torch.load(banded / STATE_FILE, weights_only=False)["options"]
+    assert stored["stage2_draw"] == "1@3,1@10-12" and stored["stage2_max_noise_level"] is None
+    assert json.loads((banded / "training.json").read_text())["options"]["stage2_draw"] == "1@3,1@10-12"
+    assert checkpoint.load_config(banded).max_noise_level == 13  # the top band's end + 1
+    # a resumed run keeps its draw; another one is refused
+    train(samples, banded, steps=41, **opts)
+    with pytest.raises(ValueError, match="other options"):
+        train(samples, banded, steps=42, stage2_draw="1@3", **opts)
+    # the bands lie below the max level when one is given
+    capped = train(
+        samples,
+        tmp_path / "capped",
+        steps=3,
+        stage1_from=stage1,
+        stage2_max_noise_level=50,
+        stage2_draw="1@49",
+        **opts,
+    )
+    assert checkpoint.load_config(capped).max_noise_level == 50
+    with pytest.raises(ValueError, match="reaches 50"):
+        train(
+            samples,
+            tmp_path / "bad",
+            steps=3,
+            stage1_from=stage1,
+            stage2_max_noise_level=50,
+            stage2_draw="1@49,1@50",
+            **opts,
+        )
+
+
 def test_stage2_without_the_masked_branch_trains_eps_only(tmp_path: Path) -> None:
     from dataclasses import replace
 

@@ -50,6 +50,7 @@ def test_command_writes_every_stage2_setting(train_demo: ModuleType) -> None:
         "ehr_lr_scale": 1.0,
         "stage2_max_noise_level": None,
         "stage2_masked_branch": True,
+        "stage2_draw": None,
     }
     line = train_demo.command("cpu", 4400, 4000, False, whole)
     assert line.endswith(
@@ -66,6 +67,11 @@ def test_command_writes_every_stage2_setting(train_demo: ModuleType) -> None:
     assert line.endswith("--stage2-max-noise-level 1000 --no-stage2-masked-branch")
     args = train_demo.parse_args(line.split()[2:])
     assert train_demo.stage2_options(args, train_demo.RECIPES["cpu"])["stage2_masked_branch"] is False
+    banded = {**eps_only, "stage2_max_noise_level": 200, "stage2_draw": "0.5@49,0.5@100-199"}
+    line = train_demo.command("cpu", 4400, 4000, True, banded)
+    assert line.endswith("--no-stage2-masked-branch --stage2-draw 0.5@49,0.5@100-199")
+    args = train_demo.parse_args(line.split()[2:])
+    assert train_demo.stage2_options(args, train_demo.RECIPES["cpu"]) == banded
     # stage 1 alone: no stage-2 settings to repeat
     assert train_demo.command("cpu", 4000, 4000, True, whole).endswith("--stage1-steps 4000")
 
@@ -101,6 +107,7 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
         "ehr_lr_scale": 1.0,
         "stage2_max_noise_level": 200,
         "stage2_masked_branch": True,
+        "stage2_draw": None,
     }
     assert options() == recipe
     assert options("--resume") == recipe  # nothing to resume: a new run, the recipe's
@@ -110,6 +117,7 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
         "ehr_lr_scale": 1.0,
         "stage2_max_noise_level": None,
         "stage2_masked_branch": True,
+        "stage2_draw": None,
     }
     assert options("--recipe", "gpu") == whole
     (tmp_path / "train_state.pt").write_bytes(b"")
@@ -118,6 +126,7 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
         "ehr_lr_scale": None,
         "stage2_max_noise_level": None,
         "stage2_masked_branch": None,
+        "stage2_draw": None,
     }
     assert options("--resume") == keep  # train() keeps its own
     assert options("--resume", "--no-stage2-ema-restart", "--ehr-lr-scale", "10") == {
@@ -128,3 +137,4 @@ def test_stage2_options_resume_keeps_the_runs_own(train_demo: ModuleType, tmp_pa
     assert options("--no-stage2-ema-restart") == {**recipe, "stage2_ema_restart": False}
     assert options("--stage2-max-noise-level", "1000") == {**recipe, "stage2_max_noise_level": 1000}
     assert options("--no-stage2-masked-branch") == {**recipe, "stage2_masked_branch": False}
+    assert options("--stage2-draw", "1@49,1@100-199") == {**recipe, "stage2_draw": "1@49,1@100-199"}
