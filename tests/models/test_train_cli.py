@@ -317,15 +317,10 @@ def test_ehr_lr_scale_trains_only_the_ehr_tokens_faster(tmp_path: Path) -> None:
         train(samples, tmp_path / "bad", steps=3, stage1_from=stage1, ehr_lr_scale=0, **opts)
 
 
-def test_stage2_max_noise_level_trains_and_scores_below_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from diff3m.models.inference import Diff3MScorer
+def record_timesteps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The timesteps every later ``q_sample`` noises to, in order (until ``monkeypatch.undo()``)."""
     from diff3m.models.schedule import DiffusionSchedule
 
-    samples = write_samples(tmp_path / "img", n=4)
-    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
-    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
     drawn: list[int] = []
     q_sample = DiffusionSchedule.q_sample
 
@@ -334,6 +329,18 @@ def test_stage2_max_noise_level_trains_and_scores_below_it(
         return q_sample(self, x0, t, noise)
 
     monkeypatch.setattr(DiffusionSchedule, "q_sample", spy)
+    return drawn
+
+
+def test_stage2_max_noise_level_trains_and_scores_below_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diff3m.models.inference import Diff3MScorer
+
+    samples = write_samples(tmp_path / "img", n=4)
+    opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
+    stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
+    drawn = record_timesteps(monkeypatch)
     low = train(samples, tmp_path / "low", steps=40, stage1_from=stage1, stage2_max_noise_level=50, **opts)
     monkeypatch.undo()
     assert len(drawn) >= 76 and max(drawn[:76]) < 50  # 38 stage-2 steps of batch 2, before calibration
@@ -361,19 +368,10 @@ def test_stage2_max_noise_level_trains_and_scores_below_it(
 
 
 def test_stage2_draw_trains_in_its_bands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from diff3m.models.schedule import DiffusionSchedule
-
     samples = write_samples(tmp_path / "img", n=4)
     opts = {"profile": "tiny", "stage1_steps": 2, "calibration_images": 0, "progress": False}
     stage1 = train(samples, tmp_path / "s1", steps=2, **opts)
-    drawn: list[int] = []
-    q_sample = DiffusionSchedule.q_sample
-
-    def spy(self: DiffusionSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        drawn.extend(t.tolist())
-        return q_sample(self, x0, t, noise)
-
-    monkeypatch.setattr(DiffusionSchedule, "q_sample", spy)
+    drawn = record_timesteps(monkeypatch)
     banded = train(
         samples, tmp_path / "banded", steps=40, stage1_from=stage1, stage2_draw="1@10-12,1@3", **opts
     )
