@@ -18,6 +18,11 @@
 #                               train --stage2-max-noise-level; every level in LEVELS must be <= it)
 #   MASKED_BRANCH=0 ...   (both arms train stage 2 on the noise loss alone, without the masked branch the
 #                          scorer's noise encoding never uses: train --no-stage2-masked-branch, ~3x faster)
+#   STAGE2_DRAW=0.5@49,0.5@100-199 ...   (both arms draw stage 2's timesteps from weighted bands, here half at
+#                          t = 49, where L 50 reads, half from 100 to 199: train --stage2-draw; empty: uniform)
+#   STAGE2=16000 PREFIX=b16k- EMA_RESTART=1 STAGE2_MAX_NOISE=200 MASKED_BRANCH=0 \
+#     STAGE2_DRAW=0.5@49,0.5@100-199 ARMS_SIDE_BY_SIDE=1 LEVELS=50 bench/hidden_heart.sh
+#       (the one model meeting both goals, bench/RESULTS.md "16000 band-drawn stage-2 steps"; about 2.5 h)
 #   DATA=var/phantoms-2500 WORK=var/std OUT=bench/results/std-demo STAGE2=2000 EMA_RESTART=1 \
 #     STAGE2_MAX_NOISE=200 ARMS_SIDE_BY_SIDE=1 LEVELS="50 100 150" bench/hidden_heart.sh
 #       (builtin:demo's own ablation: today's recipe on the standard phantoms; its EHR arm is what ships)
@@ -36,6 +41,7 @@ EMA_RESTART="${EMA_RESTART:-0}"  # 1: both arms with --stage2-ema-restart (the E
 EHR_LR_SCALE="${EHR_LR_SCALE:-1}"  # the EHR tokens' stage-2 learning rate as a multiple of the profile's
 STAGE2_MAX_NOISE="${STAGE2_MAX_NOISE:-}"  # stage 2's highest noise level (empty: the whole schedule)
 MASKED_BRANCH="${MASKED_BRANCH:-1}"  # 0: both arms with --no-stage2-masked-branch (the noise loss alone)
+STAGE2_DRAW="${STAGE2_DRAW:-}"  # stage 2's timestep bands, WEIGHT@FIRST[-LAST],... (empty: uniform)
 ARMS_SIDE_BY_SIDE="${ARMS_SIDE_BY_SIDE:-0}"  # 1: train the two arms at once, one torch thread each
 mkdir -p "$OUT" "$WORK"
 
@@ -54,6 +60,7 @@ train_arm() {  # arm, torch threads
     if [ "$EMA_RESTART" = 1 ]; then flag="$flag --stage2-ema-restart"; else flag="$flag --no-stage2-ema-restart"; fi
     if [ "$MASKED_BRANCH" = 1 ]; then flag="$flag --stage2-masked-branch"; else flag="$flag --no-stage2-masked-branch"; fi
     flag="$flag --ehr-lr-scale $EHR_LR_SCALE --stage2-max-noise-level ${STAGE2_MAX_NOISE:-1000}"  # 1000: all
+    [ -n "$STAGE2_DRAW" ] && flag="$flag --stage2-draw $STAGE2_DRAW"
     "$PY" scripts/train_demo.py --data "$DATA" --stage1-from "$WORK/stage1" $flag --out "$WORK/$PREFIX$1" \
       --steps $((4000 + STAGE2)) --stage1-steps 4000 --threads "$2" --keep-state --quiet  # state: raw weights
   fi
